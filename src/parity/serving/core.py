@@ -1,0 +1,275 @@
+"""The inference core that every transport calls: validation, routing to a version, batching.
+
+Transports decode the wire into `InferRequest`s and encode `InferResponse`s; everything between
+is here, once.  Validation plans are built when a version loads, so the per-request work is a few
+dictionary look-ups and comparisons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+
+from parity import __version__
+from parity.config import ModelConfig, ServerConfig
+from parity.errors import (
+    Cancelled,
+    InvalidInput,
+    NotFound,
+    ParityError,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+    as_parity_error,
+)
+from parity.monitoring import metrics
+from parity.serving import stats as stats_mod
+from parity.serving.models import Repository, Version
+from parity.types import InferRequest, InferResponse, Tensor
+
+EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "binary_tensor_data", "schedule_policy")
+
+
+class Plan:
+    """A version's request checks, decided once at load."""
+
+    __slots__ = ("version", "config", "specs", "order", "required", "outputs", "output_set", "batching", "max_batch", "variable", "label", "model_name")
+
+    def __init__(self, version: Version):
+        cfg = version.config
+        self.version = version
+        self.config = cfg
+        self.specs = {t.name: t for t in cfg.inputs}
+        self.order = {t.name: i for i, t in enumerate(cfg.inputs)}
+        self.required = [t.name for t in cfg.inputs if not t.optional]
+        self.outputs = [t.name for t in cfg.outputs]
+        self.output_set = set(self.outputs)
+        self.batching = cfg.batching
+        self.max_batch = cfg.max_batch_size
+        self.variable = any(-1 in t.shape for t in cfg.inputs)
+        self.label = version.label
+        self.model_name = version.model
+
+    def check(self, req: InferRequest) -> tuple[tuple, int, list, list[str]]:
+        """(signature, rows, inputs in config order, output names) or InvalidInput."""
+        name = self.model_name
+        specs = self.specs
+        arrays: list = [None] * len(self.order)
+        rows = -1
+        for t in req.inputs:
+            spec = specs.get(t.name)
+            if spec is None:
+                raise InvalidInput(f"model '{name}' has no input '{t.name}'; its inputs are {list(self.order)}")
+            idx = self.order[t.name]
+            if arrays[idx] is not None:
+                raise InvalidInput(f"input '{t.name}' is given twice")
+            if t.datatype != spec.datatype:
+                raise InvalidInput(f"input '{t.name}' has datatype {t.datatype} but model '{name}' expects {spec.datatype}")
+            shape = t.shape
+            dims = spec.shape
+            if self.batching:
+                if len(shape) != len(dims) + 1:
+                    raise InvalidInput(
+                        f"input '{t.name}' has shape {list(shape)} but model '{name}' expects [batch] + {list(dims)}"
+                    )
+                b = shape[0]
+                if b < 1 or b > self.max_batch:
+                    raise InvalidInput(
+                        f"input '{t.name}': batch size {b} is outside 1..{self.max_batch} (max_batch_size of model '{name}'); "
+                        "split the request"
+                    )
+                if rows == -1:
+                    rows = b
+                elif b != rows:
+                    raise InvalidInput(f"inputs of one request must share the batch size: '{t.name}' has {b}, others {rows}")
+                tail = shape[1:]
+            else:
+                tail = shape
+                if len(shape) != len(dims):
+                    raise InvalidInput(f"input '{t.name}' has shape {list(shape)} but model '{name}' expects {list(dims)}")
+            for d, want in zip(tail, dims):
+                if want != -1 and d != want:
+                    expect = ([-1] if self.batching else []) + list(dims)
+                    raise InvalidInput(f"input '{t.name}' has shape {list(shape)} but model '{name}' expects {expect} (-1: any)")
+            arrays[idx] = t.data
+        if any(a is None for a in arrays):
+            missing = [n for n in self.required if arrays[self.order[n]] is None]
+            if missing:
+                raise InvalidInput(f"model '{name}' needs input(s) {missing}; the request has {[t.name for t in req.inputs]}")
+        if req.outputs is None:
+            outputs = self.outputs
+        else:
+            outputs = []
+            for o in req.outputs:
+                if o.name not in self.output_set:
+                    raise InvalidInput(f"model '{name}' has no output '{o.name}'; its outputs are {self.outputs}")
+                outputs.append(o.name)
+        signature = tuple(a.shape[1:] if self.batching else a.shape for a in arrays if a is not None) if self.variable else ()
+        return signature, (rows if rows > 0 else 1), arrays, outputs
+
+
+class InferenceCore:
+    def __init__(self, config: ServerConfig, repository: Repository):
+        self.config = config
+        self.repository = repository
+        repository._on_load = self._build_plan
+        self.draining = False
+        self.started = False
+        self.server_failures: dict[str, int] = {"not_found": 0, "bad_input": 0, "rejected": 0}
+        self.extra_metrics: list = []  # callables returning Families (other workers, later issues)
+
+    @staticmethod
+    def _build_plan(version: Version) -> None:
+        version.plan = Plan(version)
+
+    # -- inference --------------------------------------------------------------------------------
+
+    def submit(self, req: InferRequest) -> tuple[asyncio.Future, Plan, int]:
+        """Validate and queue a request; the future resolves to {output name: array}.
+        Errors raised here are counted by `fail`."""
+        t0 = time.perf_counter_ns()
+        if self.draining:
+            self.server_failures["rejected"] += 1
+            raise Unavailable("server is shutting down; retry on another replica")
+        try:
+            version = self.repository.lookup(req.model_name, req.model_version)
+        except ParityError as e:
+            self.server_failures[e.reason if e.reason in self.server_failures else "not_found"] += 1
+            raise
+        plan: Plan = version.plan
+        try:
+            signature, rows, arrays, outputs = plan.check(req)
+            deadline = req.deadline
+            if deadline is None:
+                dyn = plan.config.dynamic_batching
+                if dyn is not None and dyn.default_timeout_microseconds:
+                    deadline = version.scheduler.loop.time() + dyn.default_timeout_microseconds * 1e-6
+            fut = version.scheduler.submit(signature, rows, arrays, outputs, deadline, t0)
+        except ParityError as e:
+            version.stats.record_failure(e.reason, time.perf_counter_ns() - t0)
+            raise
+        return fut, plan, t0
+
+    def finish(self, req: InferRequest, plan: Plan, t0: int, outputs: dict) -> InferResponse:
+        plan.version.stats.record_success(time.perf_counter_ns() - t0)
+        cfg_types = {t.name: t.datatype for t in plan.config.outputs}
+        return InferResponse(
+            model_name=plan.model_name,
+            model_version=plan.label,
+            id=req.id,
+            outputs=[Tensor(n, cfg_types[n], arr.shape, arr) for n, arr in outputs.items()],
+        )
+
+    def fail(self, plan: Plan, t0: int, exc: BaseException) -> ParityError:
+        err = Cancelled("the client cancelled the request") if isinstance(exc, asyncio.CancelledError) else as_parity_error(exc)
+        plan.version.stats.record_failure(err.reason, time.perf_counter_ns() - t0)
+        return err
+
+    async def infer(self, req: InferRequest) -> InferResponse:
+        fut, plan, t0 = self.submit(req)
+        try:
+            outputs = await fut
+        except BaseException as e:
+            err = self.fail(plan, t0, e)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            raise err from None
+        return self.finish(req, plan, t0, outputs)
+
+    # -- server and model information ------------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        return True
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.draining and self.repository.ready
+
+    def server_metadata(self) -> dict:
+        return {"name": self.config.server_name, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def version(self, name: str, version: str = "") -> Version:
+        return self.repository.lookup(name, version)
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.repository.lookup(name, version)
+        except ParityError:
+            return False
+        return not self.draining
+
+    def model_metadata(self, name: str, version: str = "") -> dict:
+        v = self.repository.lookup(name, version)
+        cfg = v.config
+        batch = [-1] if cfg.batching else []
+        return {
+            "name": name,
+            "versions": [str(n) for n in sorted(self.repository.models[name].versions)],
+            "platform": cfg.platform,
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": batch + list(t.shape)} for t in cfg.inputs],
+            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": batch + list(t.shape)} for t in cfg.outputs],
+        }
+
+    def model_config(self, name: str, version: str = "") -> ModelConfig:
+        return self.repository.lookup(name, version).config
+
+    def model_statistics(self, name: str = "", version: str = "") -> list[dict]:
+        if name:
+            if version:
+                return [self.repository.lookup(name, version).stats.to_dict()]
+            model = self.repository.models.get(name)
+            if model is None:
+                raise NotFound(f"unknown model '{name}'")
+            return [v.stats.to_dict() for _, v in sorted(model.versions.items())]
+        return [v.stats.to_dict() for m in self.repository.models.values() for _, v in sorted(m.versions.items())]
+
+    def repository_index(self, ready_only: bool = False) -> list[dict]:
+        return self.repository.index(ready_only)
+
+    # -- administration --------------------------------------------------------------------------
+
+    def authorize_admin(self, token: str | None) -> None:
+        expected = self.config.admin_token
+        if not expected:
+            raise PermissionDenied(
+                "repository load/unload is switched off: start the server with --admin-token "
+                "(or PARITY_ADMIN_TOKEN) and send it as 'authorization: Bearer <token>'"
+            )
+        if not token:
+            raise Unauthenticated("this endpoint needs the admin token: send 'authorization: Bearer <token>'")
+        if not hmac.compare_digest(token.encode(), expected.encode()):
+            raise PermissionDenied("the admin token is not valid")
+
+    async def load_model(self, name: str, token: str | None) -> None:
+        self.authorize_admin(token)
+        await self.repository.load_model(name)
+
+    async def unload_model(self, name: str, token: str | None) -> None:
+        self.authorize_admin(token)
+        await self.repository.unload_model(name)
+
+    # -- metrics -----------------------------------------------------------------------------------
+
+    def metric_families(self) -> list[metrics.Family]:
+        all_stats = list(self.repository.stats.values())
+        fams = stats_mod.families(all_stats, self.server_failures, self.repository.load_events)
+        ready = metrics.Family("parity_server_ready", "gauge", "1 when the server is ready to serve (models warm, not draining).")
+        ready.add((), 1 if self.ready else 0)
+        fams.append(ready)
+        return fams
+
+    def metrics_text(self) -> str:
+        fams = self.metric_families()
+        for extra in self.extra_metrics:
+            metrics.merge(fams, extra())
+        return metrics.render(fams)
+
+
+def bearer(value: str | None) -> str | None:
+    """The token of an 'authorization: Bearer <token>' header value."""
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None

@@ -1,0 +1,263 @@
+"""Drives a `Batcher` on the event loop: one scheduler per loaded model version.
+
+Requests are queued by signature; whenever a runner instance is free the scheduler asks the
+batcher what to run.  A batch runs either inline on the event loop (models so cheap that a thread
+hand-off would cost more than the model) or in the instance's own thread; the choice is made once,
+at warm-up.  Outputs are split back to each request by its rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Hashable
+
+import numpy as np
+
+from parity.config import ModelConfig
+from parity.errors import DeadlineExceeded, InternalError, ParityError, Unavailable
+from parity.serving.batcher import Batcher, QueueFull
+from parity.serving.runners.base import Runner
+from parity.serving.stats import VersionStats
+
+DEFAULT_MAX_QUEUE_SIZE = 1024  # requests, when a config leaves max_queue_size at 0
+INLINE_THRESHOLD_S = 0.0002  # a full batch faster than this runs inline on the loop
+
+
+class Pending:
+    """One queued request."""
+
+    __slots__ = ("rows", "enqueued", "deadline", "inputs", "outputs", "future", "timer", "t0")
+
+    def __init__(self, rows, enqueued, deadline, inputs, outputs, future, t0):
+        self.rows = rows
+        self.enqueued = enqueued
+        self.deadline = deadline
+        self.inputs = inputs
+        self.outputs = outputs
+        self.future = future
+        self.timer = None
+        self.t0 = t0
+
+    def alive(self) -> bool:
+        return not self.future.done()
+
+
+class Instance:
+    __slots__ = ("runner", "executor")
+
+    def __init__(self, runner: Runner, threaded: bool):
+        self.runner = runner
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="parity-runner") if threaded else None
+
+
+class Scheduler:
+    def __init__(self, config: ModelConfig, runners: list[Runner], stats: VersionStats, *, inline: bool):
+        self.config = config
+        self.stats = stats
+        self.inline = inline
+        self.loop = asyncio.get_running_loop()
+        dyn = config.dynamic_batching
+        if config.batching and dyn is not None:
+            self.batcher = Batcher(
+                config.max_batch_size,
+                dyn.preferred_batch_size,
+                dyn.max_queue_delay_microseconds * 1e-6,
+                dyn.max_queue_size or DEFAULT_MAX_QUEUE_SIZE,
+            )
+        else:  # no dynamic batching: each request runs alone, as sent
+            self.batcher = Batcher(max(config.max_batch_size, 1), max_queue_size=DEFAULT_MAX_QUEUE_SIZE)
+        self.concat = config.batching and dyn is not None
+        self.instances = [Instance(r, threaded=not inline) for r in runners]
+        self.free = list(self.instances)
+        self.running = 0
+        self._drain_handle: asyncio.Handle | None = None
+        self._wake_handle: asyncio.TimerHandle | None = None
+        self._wake_at: float | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        stats.pending = lambda: len(self.batcher)
+
+    # -- request side -------------------------------------------------------------------------
+
+    def submit(self, signature: Hashable, rows: int, inputs: list[np.ndarray], outputs: list[str], deadline: float | None, t0: int) -> asyncio.Future:
+        loop = self.loop
+        fut = loop.create_future()
+        item = Pending(rows if self.concat else 1, loop.time(), deadline, inputs, outputs, fut, t0)
+        try:
+            self.batcher.put(signature, item)
+        except QueueFull:
+            raise Unavailable(
+                f"model '{self.stats.model}' version {self.stats.version}: queue is full "
+                f"({len(self.batcher)} requests waiting); retry later, or raise dynamic_batching.max_queue_size"
+            ) from None
+        self._idle.clear()
+        if deadline is not None:
+            item.timer = loop.call_at(deadline, self._expire, item)
+        if self.free and self._drain_handle is None:
+            self._drain_handle = loop.call_soon(self._drain)
+        return fut
+
+    def _expire(self, item: Pending) -> None:
+        if not item.future.done():
+            item.future.set_exception(DeadlineExceeded(self._deadline_message()))
+            self._check_idle()
+
+    def _deadline_message(self) -> str:
+        return (
+            f"model '{self.stats.model}' version {self.stats.version}: the request's deadline passed while it "
+            "was queued; it was not executed. Allow a longer timeout, or add capacity"
+        )
+
+    # -- runner side --------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        self._drain_handle = None
+        loop = self.loop
+        while self.free:
+            now = loop.time()
+            decision = self.batcher.take(now)
+            for item in decision.expired:
+                if not item.future.done():
+                    item.future.set_exception(DeadlineExceeded(self._deadline_message()))
+            batch = decision.batch
+            if not batch:
+                if decision.wait_until is not None:
+                    self._wake(decision.wait_until)
+                self._check_idle()
+                return
+            instance = self.free.pop()
+            self.running += 1
+            if instance.executor is None:
+                try:
+                    result = self._execute(instance.runner, batch)
+                except BaseException as e:  # a runner failure fails its batch, never the loop
+                    result = e
+                self._complete(instance, batch, result)
+            else:
+                cf = instance.executor.submit(self._execute, instance.runner, batch)
+                cf.add_done_callback(lambda f, i=instance, b=batch: loop.call_soon_threadsafe(self._complete_future, i, b, f))
+
+    def _wake(self, at: float) -> None:
+        if self._wake_handle is not None and self._wake_at is not None and self._wake_at <= at:
+            return
+        if self._wake_handle is not None:
+            self._wake_handle.cancel()
+        self._wake_at = at
+        self._wake_handle = self.loop.call_at(at, self._on_wake)
+
+    def _on_wake(self) -> None:
+        self._wake_handle = self._wake_at = None
+        if self._drain_handle is None:
+            self._drain()
+
+    def _execute(self, runner: Runner, batch: list[Pending]):
+        """Stack, run, split: returns (per-request outputs, timings).  Runs inline or in a thread."""
+        t_start = time.perf_counter_ns()
+        first = batch[0]
+        if len(batch) == 1 or not self.concat:
+            inputs = first.inputs
+        else:
+            inputs = [np.concatenate([it.inputs[i] for it in batch]) for i in range(len(first.inputs))]
+        outputs = first.outputs  # names; requests in one signature queue may ask for different subsets
+        if len(batch) > 1:
+            wanted = set(outputs)
+            for it in batch[1:]:
+                wanted.update(it.outputs)
+            outputs = [n for n in self.config_output_names if n in wanted]
+        t_in = time.perf_counter_ns()
+        results = runner.run(inputs, outputs)
+        t_run = time.perf_counter_ns()
+        rows = sum(it.rows for it in batch)
+        per_request: list[dict] = []
+        if len(batch) == 1:
+            per_request.append(dict(zip(outputs, results)))
+            if self.concat:
+                for name, arr in per_request[0].items():
+                    if arr.ndim == 0 or arr.shape[0] != rows:
+                        raise InternalError(self._rows_message(name, arr, rows))
+        else:
+            for name, arr in zip(outputs, results):
+                if arr.ndim == 0 or arr.shape[0] != rows:
+                    raise InternalError(self._rows_message(name, arr, rows))
+            start = 0
+            for it in batch:
+                end = start + it.rows
+                per_request.append({name: arr[start:end] for name, arr in zip(outputs, results)})
+                start = end
+        t_out = time.perf_counter_ns()
+        return per_request, (t_start, t_in - t_start, t_run - t_in, t_out - t_run), rows
+
+    def _rows_message(self, name, arr, rows) -> str:
+        return (
+            f"model '{self.stats.model}': output '{name}' has shape {list(arr.shape)} for a batch of {rows} rows; "
+            "a batching model must keep the first dimension"
+        )
+
+    @property
+    def config_output_names(self) -> list[str]:
+        return [t.name for t in self.config.outputs]
+
+    def _complete_future(self, instance: Instance, batch: list[Pending], cf) -> None:
+        exc = cf.exception()
+        self._complete(instance, batch, exc if exc is not None else cf.result())
+
+    def _complete(self, instance: Instance, batch: list[Pending], result) -> None:
+        self.running -= 1
+        self.free.append(instance)
+        stats = self.stats
+        if isinstance(result, BaseException):
+            err = result if isinstance(result, ParityError) else InternalError(f"model '{stats.model}': {type(result).__name__}: {result}")
+            for it in batch:
+                if it.timer is not None:
+                    it.timer.cancel()
+                if not it.future.done():
+                    it.future.set_exception(err)
+        else:
+            per_request, (t_start, in_ns, run_ns, out_ns), rows = result
+            stats.record_batch(len(batch), rows, in_ns, run_ns, out_ns)
+            t_start_loop = self.loop.time() - (time.perf_counter_ns() - t_start) * 1e-9
+            for it, outs in zip(batch, per_request):
+                if it.timer is not None:
+                    it.timer.cancel()
+                stats.record_queue(max(0, int((t_start_loop - it.enqueued) * 1e9)))
+                if not it.future.done():
+                    wanted = it.outputs
+                    it.future.set_result(outs if len(outs) == len(wanted) else {n: outs[n] for n in wanted})
+        if self._drain_handle is None:
+            self._drain_handle = self.loop.call_soon(self._drain)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _check_idle(self) -> None:
+        if self.running == 0 and len(self.batcher) == 0:
+            self._idle.set()
+
+    async def drain(self) -> None:
+        """Wait until everything queued or running has been answered."""
+        while True:
+            self.batcher._purge()
+            self._check_idle()
+            if self._idle.is_set():
+                return
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), 0.05)
+            except asyncio.TimeoutError:
+                pass
+
+    def close(self) -> None:
+        for inst in self.instances:
+            if inst.executor is not None:
+                inst.executor.shutdown(wait=True)
+            inst.runner.close()
+        if self._wake_handle is not None:
+            self._wake_handle.cancel()
+        for item in self._queued():
+            if not item.future.done():
+                item.future.set_exception(Unavailable(f"model '{self.stats.model}' was unloaded; retry"))
+
+    def _queued(self):
+        for q in self.batcher._queues.values():
+            yield from q

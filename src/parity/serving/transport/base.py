@@ -1,0 +1,40 @@
+"""The interface every transport implements.  Transports are peers: each decodes its wire into
+`parity.types` objects, calls the shared `InferenceCore`, and maps `ParityError`s to its codes.
+They hold no serving logic of their own."""
+
+from __future__ import annotations
+
+import socket
+from typing import Protocol
+
+from parity.config import ServerConfig
+from parity.serving.core import InferenceCore
+
+
+class Transport(Protocol):
+    name: str
+
+    def __init__(self, core: InferenceCore, config: ServerConfig) -> None: ...
+
+    async def start(self) -> None:
+        """Bind and start accepting (ports from the config; port 0 picks a free one)."""
+
+    @property
+    def port(self) -> int:
+        """The bound port (after start)."""
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, let accepted requests finish (up to `grace` seconds), close."""
+
+
+def listen_socket(host: str, port: int, *, reuse_port: bool, backlog: int = 2048) -> socket.socket:
+    """A listening TCP socket; with reuse_port several worker processes share one port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,95 @@
+"""Small, real ONNX and TorchScript models for tests, demos and benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+
+def mlp_weights(sizes: list[int], seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [
+        ((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), (rng.standard_normal(b) * 0.1).astype(np.float32))
+        for a, b in zip(sizes[:-1], sizes[1:])
+    ]
+
+
+def mlp_reference(x: np.ndarray, weights) -> np.ndarray:
+    """The MLP in numpy (ReLU between layers), to check served answers against."""
+    h = x.astype(np.float32)
+    for i, (w, b) in enumerate(weights):
+        h = h @ w + b
+        if i < len(weights) - 1:
+            h = np.maximum(h, 0)
+    return h
+
+
+def write_mlp_onnx(path: Path, sizes: list[int], seed: int = 0, *, input_name="INPUT0", output_name="OUTPUT0", batch_dim="batch") -> list:
+    """An MLP as an ONNX graph (MatMul, Add, Relu), built directly with onnx.helper."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = mlp_weights(sizes, seed)
+    nodes, inits = [], []
+    cur = input_name
+    for i, (w, b) in enumerate(weights):
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes.append(helper.make_node("MatMul", [cur, f"w{i}"], [f"mm{i}"]))
+        last = i == len(weights) - 1
+        nodes.append(helper.make_node("Add", [f"mm{i}", f"b{i}"], [output_name if last else f"a{i}"]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"a{i}"], [f"r{i}"]))
+            cur = f"r{i}"
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch_dim, sizes[0]])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch_dim, sizes[-1]])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return weights
+
+
+def write_config(model_dir: Path, config: dict) -> None:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def mlp_config(sizes: list[int], *, max_batch_size: int = 64, batching: bool = True, **dyn) -> dict:
+    cfg = {
+        "platform": "onnxruntime_onnx",
+        "max_batch_size": max_batch_size,
+        "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [sizes[0]]}],
+        "outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [sizes[-1]]}],
+        "runtime": {"intra_op_threads": 1, "inter_op_threads": 1},
+    }
+    if batching:
+        cfg["dynamic_batching"] = dict(dyn)
+    return cfg
+
+
+def write_torchscript_mlp(path: Path, sizes: list[int], seed: int = 0) -> list:
+    """The same MLP as TorchScript (same weights as `write_mlp_onnx` for the same seed)."""
+    import torch
+
+    weights = mlp_weights(sizes, seed)
+    layers: list = []
+    for i, (w, b) in enumerate(weights):
+        lin = torch.nn.Linear(w.shape[0], w.shape[1])
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(w.T.copy()))
+            lin.bias.copy_(torch.from_numpy(b))
+        layers.append(lin)
+        if i < len(weights) - 1:
+            layers.append(torch.nn.ReLU())
+    module = torch.nn.Sequential(*layers).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(torch.jit.script(module), str(path))
+    return weights
