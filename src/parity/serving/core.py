@@ -28,7 +28,7 @@ from parity.serving import stats as stats_mod
 from parity.serving.models import Repository, Version
 from parity.types import InferRequest, InferResponse, Tensor
 
-EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "binary_tensor_data", "schedule_policy")
+EXTENSIONS = ("model_repository", "model_configuration", "statistics", "binary_tensor_data", "schedule_policy")
 
 
 class Plan:
@@ -212,8 +212,10 @@ class InferenceCore:
             "outputs": [{"name": t.name, "datatype": t.datatype, "shape": batch + list(t.shape)} for t in cfg.outputs],
         }
 
-    def model_config(self, name: str, version: str = "") -> ModelConfig:
-        return self.repository.lookup(name, version).config
+    def model_config(self, name: str, version: str = "") -> dict:
+        """The model's configuration in Triton's JSON form (what perf_analyzer and tritonclient read);
+        the gRPC transport parses the same dict into the ModelConfig message."""
+        return triton_config(self.repository.lookup(name, version).config)
 
     def model_statistics(self, name: str = "", version: str = "") -> list[dict]:
         if name:
@@ -265,6 +267,49 @@ class InferenceCore:
         for extra in self.extra_metrics:
             metrics.merge(fams, extra())
         return metrics.render(fams)
+
+
+def triton_config(cfg: ModelConfig) -> dict:
+    def tensor(t) -> dict:
+        return {"name": t.name, "data_type": f"TYPE_{'STRING' if t.datatype == 'BYTES' else t.datatype}", "dims": list(t.shape)}
+
+    out: dict = {
+        "name": cfg.name,
+        "platform": cfg.platform,
+        "backend": "onnxruntime" if cfg.platform.startswith("onnx") else "pytorch",
+        "max_batch_size": cfg.max_batch_size,
+        "input": [tensor(t) | ({"optional": True} if t.optional else {}) for t in cfg.inputs],
+        "output": [tensor(t) for t in cfg.outputs],
+        "instance_group": [
+            {
+                "name": f"{cfg.name}_0",
+                "kind": "KIND_GPU" if cfg.runtime.device.startswith("cuda") else "KIND_CPU",
+                "count": cfg.runtime.instances,
+                **({"gpus": [int(cfg.runtime.device.partition(":")[2] or 0)]} if cfg.runtime.device.startswith("cuda") else {}),
+            }
+        ],
+        "default_model_filename": cfg.model_filename,
+        "parameters": {k: {"string_value": v} for k, v in cfg.parameters.items()},
+    }
+    vp = cfg.version_policy
+    if vp.kind == "latest":
+        out["version_policy"] = {"latest": {"num_versions": vp.num_versions}}
+    elif vp.kind == "all":
+        out["version_policy"] = {"all": {}}
+    else:
+        out["version_policy"] = {"specific": {"versions": list(vp.versions)}}
+    dyn = cfg.dynamic_batching
+    if dyn is not None:
+        out["dynamic_batching"] = {
+            "preferred_batch_size": list(dyn.preferred_batch_size),
+            "max_queue_delay_microseconds": dyn.max_queue_delay_microseconds,
+            "default_queue_policy": {
+                "max_queue_size": dyn.max_queue_size,
+                "default_timeout_microseconds": dyn.default_timeout_microseconds,
+                "allow_timeout_override": True,
+            },
+        }
+    return out
 
 
 def bearer(value: str | None) -> str | None:

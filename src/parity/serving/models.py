@@ -198,21 +198,23 @@ class Repository:
                     model.states[number] = ("UNAVAILABLE", e.message)
                     if old is not None:
                         new_versions[number] = old  # keep the old one serving
+            if errors:
+                # Something wanted failed: what served before keeps serving beside what loaded.
+                for n, v in model.versions.items():
+                    new_versions.setdefault(n, v)
             retired = [v for n, v in model.versions.items() if new_versions.get(n) is not v]
-            # The swap: one assignment each, no await between them.
+            # The swap: plain assignments, no await between them, so a request sees old or new.
             model.config = config
             model.versions = new_versions
-            model.default = new_versions[max(new_versions)] if new_versions else model.default
-            if model.default is not None and model.default.number not in new_versions:
-                retired.append(model.default)
-                model.default = None
+            model.default = new_versions[max(new_versions)] if new_versions else None
             model.error = "; ".join(errors) if not new_versions else ""
             for v in retired:
                 if v.number not in new_versions:
                     model.states[v.number] = ("UNAVAILABLE", "unloaded")
                 self._retire(v)
-            if not new_versions:
-                raise ModelLoadError(f"model '{name}': no version could be loaded: {'; '.join(errors)}")
+            if errors:
+                serving = f"; version(s) {sorted(new_versions)} keep serving" if new_versions else ""
+                raise ModelLoadError(f"model '{name}': {'; '.join(errors)}{serving}")
             return model
 
     async def _load_version(self, name: str, number: int, config: ModelConfig, fp: tuple) -> Version:

@@ -75,8 +75,8 @@ def mlp_config(sizes: list[int], *, max_batch_size: int = 64, batching: bool = T
     return cfg
 
 
-def write_torchscript_mlp(path: Path, sizes: list[int], seed: int = 0) -> list:
-    """The same MLP as TorchScript (same weights as `write_mlp_onnx` for the same seed)."""
+def torch_mlp(sizes: list[int], seed: int = 0):
+    """The MLP as a torch.nn.Module with the weights of `mlp_weights(sizes, seed)`."""
     import torch
 
     weights = mlp_weights(sizes, seed)
@@ -89,7 +89,31 @@ def write_torchscript_mlp(path: Path, sizes: list[int], seed: int = 0) -> list:
         layers.append(lin)
         if i < len(weights) - 1:
             layers.append(torch.nn.ReLU())
-    module = torch.nn.Sequential(*layers).eval()
+    return torch.nn.Sequential(*layers).eval(), weights
+
+
+def write_torchscript_mlp(path: Path, sizes: list[int], seed: int = 0) -> list:
+    """The MLP as TorchScript (same weights as `write_mlp_onnx` for the same seed)."""
+    import warnings
+
+    import torch
+
+    module, weights = torch_mlp(sizes, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(torch.jit.script(module), str(path))
+    with warnings.catch_warnings():  # TorchScript is deprecated for authoring, still a serving format
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(module), str(path))
+    return weights
+
+
+def write_exported_mlp(path: Path, sizes: list[int], seed: int = 0) -> list:
+    """The MLP as a torch.export program (model.pt2) with a dynamic batch dimension."""
+    import torch
+
+    module, weights = torch_mlp(sizes, seed)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    example = (torch.zeros(2, sizes[0]),)
+    program = torch.export.export(module, example, dynamic_shapes=({0: batch},))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(path))
     return weights

@@ -7,6 +7,8 @@ with non_blocking=True, so the copy overlaps the previous work on the stream.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from parity.errors import InternalError, ModelLoadError
@@ -36,7 +38,9 @@ class TorchRunner(Runner):
                 program = torch.export.load(str(self.path))
                 self.module = program.module().to(self.dev)
             else:
-                self.module = torch.jit.load(str(self.path), map_location=self.dev)
+                with warnings.catch_warnings():  # deprecated for authoring in PyTorch 2.x; still served
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self.module = torch.jit.load(str(self.path), map_location=self.dev)
                 self.module.eval()
         except Exception as e:
             raise ModelLoadError(f"model '{self.config.name}': {self.path} is not a loadable {self.config.platform} artifact: {e}") from None

@@ -1,0 +1,172 @@
+"""Wiring only: build the repository and the core, start the transports, poll the repository,
+drain on SIGTERM.  With --workers N a parent process starts N of these sharing the ports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from parity.config import ServerConfig
+from parity.monitoring import metrics
+from parity.serving.core import InferenceCore
+from parity.serving.models import Repository
+
+log = logging.getLogger("parity.server")
+
+METRICS_DIR_ENV = "PARITY_WORKER_METRICS_DIR"
+WORKER_ENV = "PARITY_WORKER_INDEX"
+
+
+def make_transports(core: InferenceCore, config: ServerConfig) -> list:
+    from parity.serving.transport.grpc import GrpcTransport
+    from parity.serving.transport.http import HttpTransport
+
+    return [HttpTransport(core, config), GrpcTransport(core, config)]
+
+
+class Server:
+    """One serving process."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.repository = Repository(config.model_repository)
+        self.core = InferenceCore(config, self.repository)
+        self.transports: list = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.repository.scan()  # a missing directory fails here, with its name
+        failures = await self.repository.load_all()
+        for f in failures:
+            log.error("not serving %s", f)
+        self.transports = make_transports(self.core, cfg)
+        for t in self.transports:
+            await t.start()
+        self.core.started = True
+        if cfg.model_control_mode == "poll" and cfg.repository_poll_secs > 0:
+            self._tasks.append(asyncio.create_task(self._poll_forever()))
+        self._setup_worker_metrics()
+        ports = ", ".join(f"{t.name} on {cfg.host}:{t.port}" for t in self.transports)
+        log.info("serving %d model(s): %s%s", len(self.repository.models), ports, "" if self.core.ready else " (NOT ready: see errors above)")
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.repository_poll_secs)
+            try:
+                await self.repository.poll()
+            except Exception:  # a poll must never stop the server
+                log.exception("repository poll failed; will try again")
+
+    def _setup_worker_metrics(self) -> None:
+        """With several workers each one publishes its samples to a shared directory every second,
+        and answers /metrics with the sum over all workers."""
+        mdir = os.environ.get(METRICS_DIR_ENV)
+        if not mdir:
+            return
+        me = os.environ.get(WORKER_ENV, str(os.getpid()))
+        path = Path(mdir) / f"worker-{me}.json"
+
+        async def publish():
+            while True:
+                data = json.dumps(metrics.to_json(self.core.metric_families()))
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(data)
+                os.replace(tmp, path)
+                await asyncio.sleep(1.0)
+
+        def others() -> list:
+            fams: list = []
+            for p in Path(mdir).glob("worker-*.json"):
+                if p != path:
+                    try:
+                        metrics.merge(fams, metrics.from_json(json.loads(p.read_text())))
+                    except (OSError, ValueError):
+                        pass  # a worker mid-write or gone: skip this scrape
+            return fams
+
+        self.core.extra_metrics.append(others)
+        self._tasks.append(asyncio.create_task(publish()))
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run_until_stopped(self) -> None:
+        await self._stop.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, answer everything accepted, unload, exit."""
+        log.info("draining: not ready, finishing accepted requests")
+        self.core.draining = True
+        for t in self._tasks:
+            t.cancel()
+        grace = self.config.drain_timeout_secs
+        await asyncio.gather(*(t.stop(grace) for t in self.transports))
+        await self.repository.close()
+        log.info("stopped")
+
+
+async def _serve(config: ServerConfig) -> int:
+    server = Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.request_stop)
+    await server.start()
+    await server.run_until_stopped()
+    return 0
+
+
+def run_server(config: ServerConfig) -> int:
+    """Run one serving process (on uvloop) until SIGTERM/SIGINT; returns the exit status."""
+    import uvloop
+
+    if config.workers > 1 and os.environ.get(WORKER_ENV) is None:
+        return _run_workers(config)
+    return uvloop.run(_serve(config))
+
+
+def _run_workers(config: ServerConfig) -> int:
+    """Start N worker processes sharing the ports (SO_REUSEPORT) and supervise them."""
+    if config.http_port == 0 or config.grpc_port == 0:
+        print("--workers > 1 needs fixed ports (not 0): the workers share them", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="parity-metrics-") as mdir:
+        children = []
+        for i in range(config.workers):
+            env = dict(os.environ, **{WORKER_ENV: str(i), METRICS_DIR_ENV: mdir})
+            children.append(subprocess.Popen([sys.executable, "-m", "parity", *sys.argv[1:]], env=env))
+        stopping = False
+
+        def forward(signum, _frame):
+            nonlocal stopping
+            stopping = True
+            for c in children:
+                if c.poll() is None:
+                    c.send_signal(signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        status = 0
+        while children:
+            for c in list(children):
+                rc = c.poll()
+                if rc is None:
+                    continue
+                children.remove(c)
+                if rc != 0:
+                    status = rc
+                    if not stopping:
+                        log.error("worker %d exited with %d; stopping the others", c.pid, rc)
+                        forward(signal.SIGTERM, None)
+            time.sleep(0.1)
+        return status
