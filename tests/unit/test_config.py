@@ -76,3 +76,16 @@ def test_server_config_merges_file_and_flags(tmp_path):
         load_server_config(f, {})
     with pytest.raises(ConfigError, match="model_repository: is required"):
         load_server_config(None, {})
+
+
+def test_the_shipped_example_configs_are_valid():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    data = yaml.safe_load((root / "model-config.example.yaml").read_text())
+    cfg = parse_model_config(data, "model-config.example.yaml", model_name="example")
+    assert cfg.batching and cfg.dynamic_batching is not None
+    server = load_server_config(root / "server.yaml", {})
+    assert server.http_port == 8000 and server.grpc_port == 8001
