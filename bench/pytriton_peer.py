@@ -19,13 +19,13 @@ Two things about running PyTriton here:
   the stub picks up the distribution's libpython of the same version and fails or
   misbehaves. This script puts it there before Triton starts (children inherit it).
 * PyTriton 0.7 protects the statistics, model-repository, shared-memory, trace and
-  logging endpoints with a random access token by default. perf_analyzer reads the
-  statistics endpoint, so the token is fixed here (``--access-token``, default
-  ``PEER_ACCESS_TOKEN``) and must be sent as the HTTP header
-  ``triton-access-token: <token>`` (gRPC metadata ``triton-grpc-protocol-triton-access-token``).
-  perf_analyzer cannot send headers over gRPC (-H is HTTP only), so by default the
-  statistics endpoint is left open and only the other endpoints are protected;
-  ``--protect-statistics`` restricts it as well (then gRPC runs of perf_analyzer fail).
+  logging endpoints with a random access token by default, and perf_analyzer reads the
+  statistics endpoint. The token is therefore fixed here (``--access-token``, default
+  ``PEER_ACCESS_TOKEN``). Clients send it as the HTTP header ``triton-access-token`` or,
+  over gRPC, as the metadata key ``triton-grpc-protocol-triton-access-token``; perf_analyzer
+  2.51 forwards ``-H 'key:value'`` on both protocols (despite its help text saying HTTP
+  only), so pass the key matching the protocol (see ``access_headers``).
+  ``--open-statistics`` leaves the statistics endpoint unrestricted instead.
 """
 
 from __future__ import annotations
@@ -47,8 +47,13 @@ if __package__ in (None, ""):
 PEER_ACCESS_TOKEN = "parity-bench-token"
 ACCESS_HEADER = "triton-access-token"
 GRPC_ACCESS_HEADER = "triton-grpc-protocol-triton-access-token"
-# Endpoints restricted by default: PyTriton's own default list minus "statistics".
-DEFAULT_RESTRICTED = ["shared-memory", "model-repository", "trace", "logging"]
+# PyTriton 0.7's default list of token-protected endpoints.
+DEFAULT_RESTRICTED = ["shared-memory", "model-repository", "statistics", "trace", "logging"]
+
+
+def access_headers(protocol: str, token: str = PEER_ACCESS_TOKEN) -> dict:
+    """The header (HTTP) or metadata entry (gRPC) that carries the peer's access token."""
+    return {GRPC_ACCESS_HEADER if protocol == "grpc" else ACCESS_HEADER: token}
 
 
 def prepend_python_libdir(env: dict) -> dict:
@@ -87,8 +92,8 @@ def parse_args(argv=None):
     parser.add_argument("--intra-op-threads", type=int, default=1)
     parser.add_argument("--inter-op-threads", type=int, default=1)
     parser.add_argument("--access-token", default=PEER_ACCESS_TOKEN)
-    parser.add_argument("--protect-statistics", action="store_true",
-                        help="also restrict the statistics endpoint (breaks perf_analyzer over gRPC)")
+    parser.add_argument("--open-statistics", action="store_true",
+                        help="do not restrict the statistics endpoint (clients then need no token for it)")
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -135,7 +140,7 @@ def main(argv=None) -> int:
 
         return infer
 
-    restricted = DEFAULT_RESTRICTED + (["statistics"] if args.protect_statistics else [])
+    restricted = [e for e in DEFAULT_RESTRICTED if not (args.open_statistics and e == "statistics")]
     config = TritonConfig(
         http_address=args.address,
         http_port=args.http_port,

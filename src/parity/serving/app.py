@@ -46,12 +46,13 @@ class Server:
     async def start(self) -> None:
         cfg = self.config
         self.repository.scan()  # a missing directory fails here, with its name
-        failures = await self.repository.load_all()
-        for f in failures:
-            log.error("not serving %s", f)
+        # Listen first: liveness answers while models load; readiness waits for them.
         self.transports = make_transports(self.core, cfg)
         for t in self.transports:
             await t.start()
+        failures = await self.repository.load_all()
+        for f in failures:
+            log.error("not serving %s", f)
         self.core.started = True
         if cfg.model_control_mode == "poll" and cfg.repository_poll_secs > 0:
             self._tasks.append(asyncio.create_task(self._poll_forever()))

@@ -34,7 +34,10 @@ EXTENSIONS = ("model_repository", "model_configuration", "statistics", "binary_t
 class Plan:
     """A version's request checks, decided once at load."""
 
-    __slots__ = ("version", "config", "specs", "order", "required", "outputs", "output_set", "batching", "max_batch", "variable", "label", "model_name")
+    __slots__ = (
+        "version", "config", "specs", "order", "required", "outputs", "output_set", "batching", "max_batch",
+        "variable", "label", "model_name", "output_types", "stats", "scheduler",
+    )  # fmt: skip
 
     def __init__(self, version: Version):
         cfg = version.config
@@ -50,6 +53,9 @@ class Plan:
         self.variable = any(-1 in t.shape for t in cfg.inputs)
         self.label = version.label
         self.model_name = version.model
+        self.output_types = {t.name: t.datatype for t in cfg.outputs}
+        self.stats = version.stats
+        self.scheduler = version.scheduler
 
     def check(self, req: InferRequest) -> tuple[tuple, int, list, list[str]]:
         """(signature, rows, inputs in config order, output names) or InvalidInput."""
@@ -145,25 +151,22 @@ class InferenceCore:
                 dyn = plan.config.dynamic_batching
                 if dyn is not None and dyn.default_timeout_microseconds:
                     deadline = version.scheduler.loop.time() + dyn.default_timeout_microseconds * 1e-6
-            fut = version.scheduler.submit(signature, rows, arrays, outputs, deadline, t0)
+            fut = plan.scheduler.submit(signature, rows, arrays, outputs, deadline, t0)
         except ParityError as e:
-            version.stats.record_failure(e.reason, time.perf_counter_ns() - t0)
+            plan.stats.record_failure(e.reason, time.perf_counter_ns() - t0)
             raise
         return fut, plan, t0
 
     def finish(self, req: InferRequest, plan: Plan, t0: int, outputs: dict) -> InferResponse:
-        plan.version.stats.record_success(time.perf_counter_ns() - t0)
-        cfg_types = {t.name: t.datatype for t in plan.config.outputs}
+        plan.stats.record_success(time.perf_counter_ns() - t0)
+        types = plan.output_types
         return InferResponse(
-            model_name=plan.model_name,
-            model_version=plan.label,
-            id=req.id,
-            outputs=[Tensor(n, cfg_types[n], arr.shape, arr) for n, arr in outputs.items()],
+            plan.model_name, plan.label, req.id, [Tensor(n, types[n], arr.shape, arr) for n, arr in outputs.items()]
         )
 
     def fail(self, plan: Plan, t0: int, exc: BaseException) -> ParityError:
         err = Cancelled("the client cancelled the request") if isinstance(exc, asyncio.CancelledError) else as_parity_error(exc)
-        plan.version.stats.record_failure(err.reason, time.perf_counter_ns() - t0)
+        plan.stats.record_failure(err.reason, time.perf_counter_ns() - t0)
         return err
 
     async def infer(self, req: InferRequest) -> InferResponse:

@@ -223,30 +223,30 @@ class Repository:
         runners = [create_runner(config, path) for _ in range(config.runtime.instances)]
         loop = asyncio.get_running_loop()
 
-        def load_and_warm() -> float:
+        def load_and_warm() -> dict[int, float]:
             for r in runners:
                 r.load()
-            return max(warm_up(r, config) for r in runners)
+            timings = [warm_up(r, config) for r in runners]
+            return {size: max(t[size] for t in timings) for size in timings[0]}
 
         try:
-            full_batch_s = await loop.run_in_executor(None, load_and_warm)
+            timings = await loop.run_in_executor(None, load_and_warm)
         except ParityError:
             raise
         except Exception as e:
             raise ModelLoadError(f"model '{name}' version {number}: {type(e).__name__}: {e}") from None
-        inline = config.runtime.execution == "inline" or (
-            config.runtime.execution == "auto" and full_batch_s < INLINE_THRESHOLD_S and not config.runtime.device.startswith("cuda")
-        )
+        inline_max_rows = inline_rows(config, timings)
         key = (name, str(number))
         stats = self.stats.get(key)
         if stats is None:
             stats = self.stats[key] = VersionStats(name, str(number))
-        version = Version(name, number, config, Scheduler(config, runners, stats, inline=inline), stats, fp)
+        version = Version(name, number, config, Scheduler(config, runners, stats, inline_max_rows=inline_max_rows), stats, fp)
         if self._on_load is not None:
             self._on_load(version)
         log.info(
-            "model %s version %d ready in %.2fs (%s, a full batch takes %.0f µs, runs %s)",
-            name, number, time.perf_counter() - t0, config.platform, full_batch_s * 1e6, "inline" if inline else "in a thread",
+            "model %s version %d ready in %.2fs (%s; warm-up µs by batch size %s; batches up to %d rows run on the event loop)",
+            name, number, time.perf_counter() - t0, config.platform,
+            {k: round(v * 1e6) for k, v in timings.items()}, inline_max_rows,
         )  # fmt: skip
         return version
 
@@ -339,18 +339,25 @@ class Repository:
             await self.unload_model(name)
 
 
-def warm_up(runner, config: ModelConfig) -> float:
-    """Run each warm-up batch size once (twice for the largest) and return the time of a full
-    batch, which decides whether batches run inline on the event loop."""
-    sizes = config.warmup_sizes()
+def warm_up(runner, config: ModelConfig) -> dict[int, float]:
+    """Run the configured warm-up batch sizes and the powers of two up to max_batch_size; check
+    the output datatypes; return the best of two run times per size (seconds)."""
+    sizes = set(config.warmup_sizes())
+    if config.batching:
+        p = 1
+        while p < config.max_batch_size:
+            sizes.add(p)
+            p *= 2
     names = [t.name for t in config.outputs]
-    elapsed = 0.0
-    for size in sizes:
+    timings: dict[int, float] = {}
+    for size in sorted(sizes):
         inputs = [_dummy(spec, size if config.batching else None) for spec in config.inputs]
-        for _ in range(2 if size == sizes[-1] else 1):
+        best = float("inf")
+        for _ in range(2):
             t = time.perf_counter()
             outs = runner.run(inputs, names)
-            elapsed = time.perf_counter() - t
+            best = min(best, time.perf_counter() - t)
+        timings[size] = best
         for spec, arr in zip(config.outputs, outs):
             expected = DTYPES[spec.datatype]
             if arr.dtype != expected and not (spec.datatype == "BYTES" and arr.dtype.kind in "OSU"):
@@ -358,7 +365,19 @@ def warm_up(runner, config: ModelConfig) -> float:
                     f"model '{config.name}': output '{spec.name}' is {arr.dtype} but config.yaml declares "
                     f"{spec.datatype}; fix the datatype in config.yaml"
                 )
-    return elapsed
+    return timings
+
+
+def inline_rows(config: ModelConfig, timings: dict[int, float]) -> int:
+    """The largest batch (rows) cheap enough to run on the event loop, from warm-up timings."""
+    top = max(config.max_batch_size, 1)
+    mode = config.runtime.execution
+    if mode == "inline":
+        return top
+    if mode == "thread" or config.runtime.device.startswith("cuda"):
+        return 0
+    cheap = [size for size, t in timings.items() if t < INLINE_THRESHOLD_S]
+    return max(cheap) if cheap else 0
 
 
 def _dummy(spec, batch: int | None) -> np.ndarray:

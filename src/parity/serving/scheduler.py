@@ -22,7 +22,7 @@ from parity.serving.runners.base import Runner
 from parity.serving.stats import VersionStats
 
 DEFAULT_MAX_QUEUE_SIZE = 1024  # requests, when a config leaves max_queue_size at 0
-INLINE_THRESHOLD_S = 0.0002  # a full batch faster than this runs inline on the loop
+INLINE_THRESHOLD_S = 0.00015  # batches whose measured run time is below this run inline on the loop
 
 
 class Pending:
@@ -53,10 +53,12 @@ class Instance:
 
 
 class Scheduler:
-    def __init__(self, config: ModelConfig, runners: list[Runner], stats: VersionStats, *, inline: bool):
+    def __init__(self, config: ModelConfig, runners: list[Runner], stats: VersionStats, *, inline_max_rows: int):
+        """`inline_max_rows`: batches of up to this many rows run on the event loop (a thread
+        hand-off would cost more than the model), larger ones in the instance's thread."""
         self.config = config
         self.stats = stats
-        self.inline = inline
+        self.inline_max_rows = inline_max_rows
         self.loop = asyncio.get_running_loop()
         dyn = config.dynamic_batching
         if config.batching and dyn is not None:
@@ -69,7 +71,8 @@ class Scheduler:
         else:  # no dynamic batching: each request runs alone, as sent
             self.batcher = Batcher(max(config.max_batch_size, 1), max_queue_size=DEFAULT_MAX_QUEUE_SIZE)
         self.concat = config.batching and dyn is not None
-        self.instances = [Instance(r, threaded=not inline) for r in runners]
+        always_inline = inline_max_rows >= max(config.max_batch_size, 1)
+        self.instances = [Instance(r, threaded=not always_inline) for r in runners]
         self.free = list(self.instances)
         self.running = 0
         self._drain_handle: asyncio.Handle | None = None
@@ -129,7 +132,9 @@ class Scheduler:
                 return
             instance = self.free.pop()
             self.running += 1
-            if instance.executor is None:
+            if instance.executor is None or (
+                self.inline_max_rows and (len(batch) == 1 and batch[0].rows or sum(it.rows for it in batch)) <= self.inline_max_rows
+            ):
                 try:
                     result = self._execute(instance.runner, batch)
                 except BaseException as e:  # a runner failure fails its batch, never the loop
@@ -201,9 +206,9 @@ class Scheduler:
 
     def _complete_future(self, instance: Instance, batch: list[Pending], cf) -> None:
         exc = cf.exception()
-        self._complete(instance, batch, exc if exc is not None else cf.result())
+        self._complete(instance, batch, exc if exc is not None else cf.result(), from_thread=True)
 
-    def _complete(self, instance: Instance, batch: list[Pending], result) -> None:
+    def _complete(self, instance: Instance, batch: list[Pending], result, *, from_thread: bool = False) -> None:
         self.running -= 1
         self.free.append(instance)
         stats = self.stats
@@ -218,15 +223,21 @@ class Scheduler:
             per_request, (t_start, in_ns, run_ns, out_ns), rows = result
             stats.record_batch(len(batch), rows, in_ns, run_ns, out_ns)
             t_start_loop = self.loop.time() - (time.perf_counter_ns() - t_start) * 1e-9
+            record_queue = stats.record_queue
             for it, outs in zip(batch, per_request):
                 if it.timer is not None:
                     it.timer.cancel()
-                stats.record_queue(max(0, int((t_start_loop - it.enqueued) * 1e9)))
-                if not it.future.done():
+                waited = t_start_loop - it.enqueued
+                record_queue(waited if waited > 0 else 0.0)
+                fut = it.future
+                if not fut.done():
                     wanted = it.outputs
-                    it.future.set_result(outs if len(outs) == len(wanted) else {n: outs[n] for n in wanted})
-        if self._drain_handle is None:
-            self._drain_handle = self.loop.call_soon(self._drain)
+                    fut.set_result(outs if len(outs) == len(wanted) else {n: outs[n] for n in wanted})
+        if from_thread and self._drain_handle is None:
+            if len(self.batcher):
+                self._drain_handle = self.loop.call_soon(self._drain)
+            else:
+                self._check_idle()
 
     # -- lifecycle ----------------------------------------------------------------------------
 

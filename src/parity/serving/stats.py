@@ -57,10 +57,10 @@ class VersionStats:
         self.batch_hist.observe(rows)
         self.last_inference_ms = int(time.time() * 1000)
 
-    def record_queue(self, ns: int) -> None:
+    def record_queue(self, seconds: float) -> None:
         self.queue_count += 1
-        self.queue_ns += ns
-        self.queue_hist.observe(ns * 1e-9)
+        self.queue_ns += int(seconds * 1e9)
+        self.queue_hist.observe(seconds)
 
     def record_success(self, ns: int) -> None:
         self.success_count += 1

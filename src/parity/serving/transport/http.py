@@ -1,0 +1,745 @@
+"""The HTTP/1.1 transport: the KServe v2 REST API (and Triton's extensions) as an asyncio
+Protocol on httptools, without a framework.
+
+One `HttpConnection` per TCP connection parses requests as bytes arrive and routes each one on
+its path.  An inference request is decoded, handed to the core, and answered from the future's
+done-callback: no task per request.  Responses leave in request order (pipelining), each one as
+soon as everything before it has left.  The connection stops reading while its socket's write
+buffer is above the high-water mark, or while too many answers are outstanding, so a client that
+does not read cannot make the server buffer without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import time
+import zlib
+from email.utils import formatdate
+from functools import partial
+from http import HTTPStatus
+from urllib.parse import unquote_to_bytes
+
+import httptools
+
+from parity.config import ServerConfig
+from parity.errors import InternalError, InvalidInput, NotFound, ParityError, PayloadTooLarge
+from parity.serving.core import InferenceCore, bearer
+from parity.serving.transport.base import listen_socket
+from parity.serving.transport.http_codec import (
+    check_parameters,
+    decode_body,
+    decode_infer_request,
+    dumps,
+    encode_infer_response,
+)
+
+log = logging.getLogger("parity.http")
+
+MAX_PIPELINE = 64  # answers outstanding on one connection before it stops reading
+LINGER_S = 2.0  # after a closing answer, how long to drain what the client still sends
+COMPRESS_MIN = 1024  # smaller bodies are sent uncompressed even when the client accepts gzip
+
+_STATUS = {s.value: f"{s.value} {s.phrase}".encode() for s in HTTPStatus}
+_STATUS[499] = b"499 Client Closed Request"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_TAIL_KEEP = b"\r\n"
+_TAIL_KEEP10 = b"connection: keep-alive\r\n\r\n"
+_TAIL_CLOSE = b"connection: close\r\n\r\n"
+_JSON = b"application/json"
+_OCTET = b"application/octet-stream"
+_TEXT = b"text/plain; charset=utf-8"
+_PROM = b"text/plain; version=0.0.4; charset=utf-8"
+_HEAD_FMT = b"HTTP/1.1 %s\r\n%scontent-type: %s\r\ncontent-length: %d\r\n"
+_WANTED = frozenset(
+    (
+        b"content-length",
+        b"inference-header-content-length",
+        b"expect",
+        b"authorization",
+        b"content-encoding",
+        b"accept-encoding",
+        b"transfer-encoding",
+    )
+)
+_GET = ("GET", "HEAD")
+_POST = ("POST",)
+
+
+class _Fatal(Exception):
+    """Raised inside a parser callback: answer `status` with `message`, then close."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Stop(Exception):
+    """Raised inside a parser callback: the connection takes no more requests."""
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS.get(status)
+    return line if line is not None else b"%d Unknown" % status
+
+
+class HttpTransport:
+    name = "http"
+
+    def __init__(self, core: InferenceCore, config: ServerConfig) -> None:
+        self.core = core
+        self.config = config
+        self.stopping = False
+        self.connections: set[HttpConnection] = set()
+        self.date_line = b""
+        self._server: asyncio.AbstractServer | None = None
+        self._port = 0
+        self._date_timer: asyncio.TimerHandle | None = None
+        self._closed = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._update_date()
+
+    async def start(self) -> None:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        sock = listen_socket(cfg.host, cfg.http_port, reuse_port=cfg.workers > 1)
+        self._port = sock.getsockname()[1]
+        self._server = await loop.create_server(lambda: HttpConnection(self), sock=sock)
+        self._schedule_date(loop)
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def _update_date(self) -> None:
+        self.date_line = b"date: %s\r\n" % formatdate(usegmt=True).encode()
+
+    def _schedule_date(self, loop) -> None:
+        def tick():
+            self._update_date()
+            self._date_timer = loop.call_at(loop.time() + 1.0 - time.time() % 1.0, tick)
+
+        tick()
+
+    def spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def connection_closed(self, conn: HttpConnection) -> None:
+        self.connections.discard(conn)
+        if self.stopping and not self.connections:
+            self._closed.set()
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; answer what was accepted (closing each connection after its last
+        answer) for up to `grace` seconds; then close whatever remains."""
+        self.stopping = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self.connections:
+            try:
+                await asyncio.wait_for(self._closed.wait(), grace)
+            except asyncio.TimeoutError:
+                pass
+        for conn in list(self.connections):
+            conn.abort()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=max(grace, 0.1))
+        if self._date_timer is not None:
+            self._date_timer.cancel()
+            self._date_timer = None
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: parser callbacks, routing, ordered answers, flow control."""
+
+    __slots__ = (
+        "owner", "core", "loop", "transport", "parser", "max_header", "max_body",
+        "url", "header_bytes", "headers", "body", "body_len", "in_message", "upgrade", "cur_seq",
+        "next_seq", "send_seq", "ready", "interim", "pending", "closing", "finished",
+        "write_paused", "read_paused", "linger_timer",
+    )  # fmt: skip
+
+    def __init__(self, owner: HttpTransport):
+        self.owner = owner
+        self.core = owner.core
+        self.loop = None
+        self.transport = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.max_header = owner.config.max_header_bytes
+        self.max_body = owner.config.max_body_bytes
+        self.url = b""
+        self.header_bytes = 0
+        self.headers: dict[bytes, bytes] = {}
+        self.body: list[bytes] = []
+        self.body_len = 0
+        self.in_message = False
+        self.upgrade = False
+        self.cur_seq = 0
+        self.next_seq = 0  # the sequence number the next complete request gets
+        self.send_seq = 0  # the sequence number whose answer leaves next
+        self.ready: dict[int, tuple] = {}  # answers waiting for those before them
+        self.interim: dict[int, bytes] = {}  # 100 Continue waiting for its turn
+        self.pending: dict[int, asyncio.Future] = {}  # inferences in flight, to cancel on disconnect
+        self.closing = False  # no further requests are read
+        self.finished = False  # the closing answer has been written
+        self.write_paused = False
+        self.read_paused = False
+        self.linger_timer = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+        owner = self.owner
+        if owner.stopping:
+            transport.close()
+            return
+        owner.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # nothing more is read: a closing answer is queued or lingering
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._after_upgrade(data, e.args[0] if e.args else len(data))
+        except httptools.HttpParserCallbackError as e:
+            self._callback_failed(e.__context__)
+        except httptools.HttpParserError as e:
+            msg = str(e) or type(e).__name__
+            self._fatal(400, f"malformed HTTP request: {msg}")
+
+    def eof_received(self):
+        # The client finished sending.  Answer what was asked, then close.
+        if self.in_message:
+            self.in_message = False
+            self.closing = True
+            self._fatal(400, "the connection ended in the middle of a request")
+            return True
+        self.closing = True
+        if self.next_seq == self.send_seq:
+            return False  # nothing outstanding: let the transport close
+        return True  # keep the write side open for the answers still to come; closed after the last
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+        self.finished = True
+        self.closing = True
+        if self.linger_timer is not None:
+            self.linger_timer.cancel()
+            self.linger_timer = None
+        pending = self.pending
+        self.pending = {}
+        for fut in pending.values():
+            fut.cancel()  # the core drops cancelled requests from its queues
+        self.ready.clear()
+        self.owner.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._update_reading()
+
+    # -- parser callbacks --------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.closing:
+            raise _Stop()
+        self.in_message = True
+        self.url = b""
+        self.header_bytes = 0
+        self.headers = {}
+        self.body = []
+        self.body_len = 0
+        self.upgrade = False
+        self.cur_seq = self.next_seq
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.header_bytes += len(url)
+        if self.header_bytes > self.max_header:
+            raise _Fatal(431, f"the request line and headers are larger than the server's limit of {self.max_header} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.max_header:
+            raise _Fatal(431, f"the request line and headers are larger than the server's limit of {self.max_header} bytes")
+        key = name.lower()
+        if key in _WANTED:
+            old = self.headers.get(key)
+            self.headers[key] = value if old is None else old + b"," + value
+
+    def on_headers_complete(self) -> None:
+        headers = self.headers
+        cl = headers.get(b"content-length")
+        if cl is not None:
+            try:
+                n = int(cl)
+            except ValueError:
+                raise _Fatal(400, "Content-Length is not an integer") from None
+            if n > self.max_body:
+                raise _Fatal(400, self._too_large(f"Content-Length is {n} bytes"))
+        if self.parser.should_upgrade():
+            if (cl is not None and cl.strip() != b"0") or b"transfer-encoding" in headers:
+                raise _Fatal(400, "protocol upgrades are not supported; send the request without 'Upgrade'")
+            self.upgrade = True
+        expect = headers.get(b"expect")
+        if expect is not None:
+            if expect.strip().lower() != b"100-continue":
+                raise _Fatal(417, f"unsupported expectation '{expect.decode('latin-1')}'; only 100-continue is")
+            if self.parser.get_http_version() == "1.1":
+                seq = self.cur_seq
+                if seq == self.send_seq:
+                    self.transport.write(_CONTINUE)
+                else:
+                    self.interim[seq] = _CONTINUE
+
+    def on_body(self, chunk: bytes) -> None:
+        self.body_len += len(chunk)
+        if self.body_len > self.max_body:
+            raise _Fatal(400, self._too_large("the request body is larger"))
+        self.body.append(chunk)
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        seq = self.cur_seq
+        self.next_seq = seq + 1
+        parser = self.parser
+        keep = parser.should_keep_alive()
+        if keep:
+            tail = _TAIL_KEEP if parser.get_http_version() == "1.1" else _TAIL_KEEP10
+        else:
+            tail = _TAIL_CLOSE
+            self.closing = True
+        body = self.body
+        body = body[0] if len(body) == 1 else b"".join(body) if body else b""
+        self.body = []
+        try:
+            self._dispatch(seq, tail, parser.get_method(), body)
+        except BaseException as e:  # a bug must not take the connection's other requests down
+            log.exception("HTTP handler failed")
+            self._error(seq, tail, InternalError(f"internal error: {type(e).__name__}: {e}"))
+        if self.next_seq - self.send_seq >= MAX_PIPELINE:
+            self._update_reading()
+
+    # -- routing -----------------------------------------------------------------------------------
+
+    def _dispatch(self, seq: int, tail: bytes, method: bytes, body: bytes) -> None:
+        url = self.url
+        q = url.find(b"?")
+        path = url if q < 0 else url[:q]
+        if b"%" in path:
+            path = unquote_to_bytes(path)
+        if len(path) > 1 and path.endswith(b"/"):
+            path = path.rstrip(b"/")
+        enc = self.headers.get(b"content-encoding")
+        if enc is not None and body:
+            try:
+                body = decode_body(body, enc, self.max_body)
+            except ParityError as e:
+                self._error(seq, tail, e)
+                return
+        m = method.decode("latin-1")
+        # The hot path first.
+        if path.endswith(b"/infer") and path.startswith(b"/v2/models/"):
+            parts = path[11:-6].split(b"/")
+            if len(parts) == 1 or (len(parts) == 3 and parts[1] == b"versions"):
+                if m != "POST":
+                    self._not_allowed(seq, tail, _POST)
+                    return
+                name = parts[0].decode("utf-8", "replace")
+                version = parts[2].decode("utf-8", "replace") if len(parts) == 3 else ""
+                self._infer(seq, tail, name, version, body)
+                return
+        route = _STATIC.get(path)
+        if route is not None:
+            allowed, handler = route
+            if m not in allowed:
+                self._not_allowed(seq, tail, allowed)
+                return
+            handler(self, seq, tail, m, body)
+            return
+        if path.startswith(b"/v2/models/"):
+            parts = path[11:].split(b"/")
+            name = parts[0].decode("utf-8", "replace")
+            version = ""
+            rest = parts[1:]
+            if len(rest) >= 2 and rest[0] == b"versions":
+                version = rest[1].decode("utf-8", "replace")
+                rest = rest[2:]
+            if name and len(rest) <= 1:
+                action = rest[0] if rest else b""
+                route = _MODEL.get(action)
+                if route is not None:
+                    allowed, handler = route
+                    if m not in allowed:
+                        self._not_allowed(seq, tail, allowed)
+                        return
+                    handler(self, seq, tail, m, name, version, body)
+                    return
+        elif path.startswith(b"/v2/repository/models/"):
+            parts = path[22:].split(b"/")
+            if len(parts) == 2 and parts[0] and parts[1] in (b"load", b"unload"):
+                if m != "POST":
+                    self._not_allowed(seq, tail, _POST)
+                    return
+                self._repo_admin(seq, tail, parts[0].decode("utf-8", "replace"), parts[1] == b"load", body)
+                return
+        self._error(seq, tail, NotFound(f"no endpoint {m} {path.decode('utf-8', 'replace')}; the API is under /v2 (KServe v2 / Triton)"), m)
+
+    # -- inference ---------------------------------------------------------------------------------
+
+    def _infer(self, seq: int, tail: bytes, model: str, version: str, body: bytes) -> None:
+        core = self.core
+        headers = self.headers
+        try:
+            req, binary_default, binary_map = decode_infer_request(
+                body, headers.get(b"inference-header-content-length"), model, version, self.loop.time()
+            )
+            fut, plan, t0 = core.submit(req)
+        except ParityError as e:
+            self._error(seq, tail, e)
+            return
+        accept = headers.get(b"accept-encoding")
+        self.pending[seq] = fut
+        fut.add_done_callback(partial(self._infer_done, seq, tail, req, plan, t0, binary_default, binary_map, accept))
+
+    def _infer_done(self, seq, tail, req, plan, t0, binary_default, binary_map, accept, fut) -> None:
+        core = self.core
+        self.pending.pop(seq, None)
+        if fut.cancelled():
+            err = core.fail(plan, t0, asyncio.CancelledError())
+            if self.transport is not None:
+                self._error(seq, tail, err)
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._error(seq, tail, core.fail(plan, t0, exc))
+            return
+        if self.transport is None:
+            core.fail(plan, t0, asyncio.CancelledError())
+            return
+        try:
+            resp = core.finish(req, plan, t0, fut.result())
+            header, raws = encode_infer_response(resp, binary_default, binary_map)
+        except Exception as e:  # an encoding bug: answer it, keep serving
+            log.exception("encoding an inference response failed")
+            self._error(seq, tail, InternalError(f"internal error encoding the response: {type(e).__name__}: {e}"))
+            return
+        date = self.owner.date_line
+        if raws is None:
+            if accept is not None and len(header) >= COMPRESS_MIN:
+                self._send_compressed(seq, tail, accept, header, None, _JSON)
+                return
+            self._send(seq, _HEAD_FMT % (b"200 OK", date, _JSON, len(header)), header, tail)
+            return
+        total = len(header)
+        for r in raws:
+            total += len(r)
+        if accept is not None and total >= COMPRESS_MIN:
+            self._send_compressed(seq, tail, accept, header, raws, _OCTET)
+            return
+        head = _HEAD_FMT % (b"200 OK", date, _OCTET, total) + b"inference-header-content-length: %d\r\n" % len(header)
+        raws.insert(0, header)
+        self._send(seq, head, raws, tail)
+
+    def _send_compressed(self, seq, tail, accept: bytes, header: bytes, raws: list | None, ctype: bytes) -> None:
+        acc = accept.lower()
+        body = header if raws is None else b"".join([header, *raws])
+        if b"gzip" in acc:
+            body, enc = gzip.compress(body, 1), b"gzip"
+        elif b"deflate" in acc:
+            body, enc = zlib.compress(body, 1), b"deflate"
+        else:
+            enc = None
+        head = _HEAD_FMT % (b"200 OK", self.owner.date_line, ctype, len(body))
+        if raws is not None:
+            head += b"inference-header-content-length: %d\r\n" % len(header)
+        if enc is not None:
+            head += b"content-encoding: %s\r\n" % enc
+        self._send(seq, head, body, tail)
+
+    # -- other endpoints ---------------------------------------------------------------------------
+
+    def _h_live(self, seq, tail, method, body) -> None:
+        self._empty(seq, tail, 200 if self.core.live else 503, method)
+
+    def _h_ready(self, seq, tail, method, body) -> None:
+        self._empty(seq, tail, 200 if self.core.ready else 503, method)
+
+    def _h_server_metadata(self, seq, tail, method, body) -> None:
+        self._json(seq, tail, 200, self.core.server_metadata(), method)
+
+    def _h_all_stats(self, seq, tail, method, body) -> None:
+        self._json(seq, tail, 200, {"model_stats": self.core.model_statistics()}, method)
+
+    def _h_metrics(self, seq, tail, method, body) -> None:
+        text = self.core.metrics_text().encode()
+        self._send(seq, _HEAD_FMT % (b"200 OK", self.owner.date_line, _PROM, len(text)), None if method == "HEAD" else text, tail)
+
+    def _h_index(self, seq, tail, method, body) -> None:
+        ready = False
+        if body.strip():
+            try:
+                doc = _parse_object(body, "the repository index request")
+                ready = doc.get("ready", False)
+                if type(ready) is not bool:
+                    raise InvalidInput(f"'ready' must be a boolean, got {ready!r}")
+            except ParityError as e:
+                self._error(seq, tail, e)
+                return
+        self._json(seq, tail, 200, self.core.repository_index(ready), method)
+
+    def _m_metadata(self, seq, tail, method, name, version, body) -> None:
+        try:
+            doc = self.core.model_metadata(name, version)
+        except ParityError as e:
+            self._error(seq, tail, e, method)
+            return
+        self._json(seq, tail, 200, doc, method)
+
+    def _m_ready(self, seq, tail, method, name, version, body) -> None:
+        core = self.core
+        if core.model_ready(name, version):
+            self._empty(seq, tail, 200, method)
+            return
+        try:
+            core.version(name, version)
+            err: ParityError = InvalidInput(f"model '{name}' is not ready: the server is shutting down")
+        except ParityError as e:
+            err = e if e.http_status == 404 else InvalidInput(e.message)  # the protocol: any 4xx means "not ready"
+        self._error(seq, tail, err, method)
+
+    def _m_config(self, seq, tail, method, name, version, body) -> None:
+        try:
+            doc = self.core.model_config(name, version)
+        except ParityError as e:
+            self._error(seq, tail, e, method)
+            return
+        self._json(seq, tail, 200, doc, method)
+
+    def _m_stats(self, seq, tail, method, name, version, body) -> None:
+        try:
+            doc = {"model_stats": self.core.model_statistics(name, version)}
+        except ParityError as e:
+            self._error(seq, tail, e, method)
+            return
+        self._json(seq, tail, 200, doc, method)
+
+    def _repo_admin(self, seq, tail, name: str, load: bool, body: bytes) -> None:
+        try:
+            if body.strip():
+                doc = _parse_object(body, "the repository request")
+                params = check_parameters("repository request", doc.get("parameters"))
+                for k in params:
+                    if k == "config" or k.startswith("file:"):
+                        raise InvalidInput(f"parameter '{k}' is not supported: put the model's files and config.yaml in the repository")
+        except ParityError as e:
+            self._error(seq, tail, e)
+            return
+        token = bearer(_latin1(self.headers.get(b"authorization")))
+        core = self.core
+
+        async def run():
+            try:
+                if load:
+                    await core.load_model(name, token)
+                else:
+                    await core.unload_model(name, token)
+            except ParityError as e:
+                self._error(seq, tail, e)
+            except Exception as e:
+                log.exception("repository %s of %s failed", "load" if load else "unload", name)
+                self._error(seq, tail, InternalError(f"internal error: {type(e).__name__}: {e}"))
+            else:
+                self._empty(seq, tail, 200)
+
+        self.owner.spawn(run())
+
+    # -- answers -----------------------------------------------------------------------------------
+
+    def _json(self, seq: int, tail: bytes, status: int, doc, method: str = "GET") -> None:
+        body = dumps(doc)
+        head = _HEAD_FMT % (_status_line(status), self.owner.date_line, _JSON, len(body))
+        self._send(seq, head, None if method == "HEAD" else body, tail)
+
+    def _empty(self, seq: int, tail: bytes, status: int, method: str = "GET") -> None:
+        self._send(seq, _HEAD_FMT % (_status_line(status), self.owner.date_line, _TEXT, 0), None, tail)
+
+    def _error(self, seq: int, tail: bytes, err: ParityError, method: str = "GET", extra: bytes = b"") -> None:
+        body = dumps({"error": err.message})
+        head = _HEAD_FMT % (_status_line(err.http_status), self.owner.date_line, _JSON, len(body)) + extra
+        self._send(seq, head, None if method == "HEAD" else body, tail)
+
+    def _not_allowed(self, seq: int, tail: bytes, allowed: tuple) -> None:
+        err = ParityError(f"method {self.parser.get_method().decode('latin-1')} is not allowed here; use {' or '.join(allowed)}")
+        err.http_status = 405
+        self._error(seq, tail, err, extra=b"allow: %s\r\n" % ", ".join(allowed).encode())
+
+    def _fatal(self, status: int, message: str) -> None:
+        """Answer a request that cannot be read to its end, then close the connection."""
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        self.in_message = False
+        self.closing = True
+        self.body = []
+        err = ParityError(message)
+        err.http_status = status
+        self._error(seq, _TAIL_CLOSE, err)
+        self._update_reading()
+
+    def _callback_failed(self, exc) -> None:
+        if isinstance(exc, _Fatal):
+            self._fatal(exc.status, exc.message)
+        elif isinstance(exc, _Stop):
+            pass
+        else:
+            log.error("HTTP parser callback failed", exc_info=exc)
+            self._fatal(500, f"internal error reading the request: {type(exc).__name__}: {exc}")
+
+    def _after_upgrade(self, data: bytes, offset: int) -> None:
+        """We never switch protocols: a request asking to upgrade was answered as plain HTTP/1.1;
+        what follows it is the next request."""
+        self.parser = httptools.HttpRequestParser(self)
+        rest = data[offset:]
+        if rest and not self.closing:
+            self.data_received(rest)
+
+    def _send(self, seq: int, head: bytes, body, tail: bytes) -> None:
+        """Queue or write one answer (`head` ends with its last header line; `tail` adds the
+        connection header and the blank line; `body` is None, bytes or a list of buffers)."""
+        if self.transport is None or self.finished:
+            return
+        if seq != self.send_seq:
+            self.ready[seq] = (head, body, tail)
+            return
+        self._write(head, body, tail)
+        ready = self.ready
+        while ready and not self.finished:
+            item = ready.pop(self.send_seq, None)
+            if item is None:
+                break
+            self._write(*item)
+
+    def _write(self, head: bytes, body, tail: bytes) -> None:
+        transport = self.transport
+        self.send_seq += 1
+        if tail is not _TAIL_CLOSE and self.owner.stopping and self.send_seq == self.next_seq and not self.in_message:
+            tail = _TAIL_CLOSE  # draining: this was the last request in flight here
+        if body is None:
+            transport.write(head + tail)
+        elif type(body) is list:
+            body.insert(0, head + tail)
+            transport.writelines(body)
+        elif len(body) < 65536:
+            transport.write(head + tail + body)
+        else:
+            transport.writelines((head + tail, body))
+        if tail is _TAIL_CLOSE:
+            self._finish()
+            return
+        if self.closing and self.send_seq == self.next_seq and not self.in_message:
+            self._finish()  # the client sent EOF and everything is answered
+            return
+        nxt = self.interim.pop(self.send_seq, None) if self.interim else None
+        if nxt is not None:
+            transport.write(nxt)
+        if self.read_paused:
+            self._update_reading()
+
+    def _finish(self) -> None:
+        """The last answer is written: half-close, drain what the client still sends for a while
+        (closing a socket with unread input would reset it and could lose the answer), then close."""
+        self.finished = True
+        self.closing = True
+        transport = self.transport
+        for fut in self.pending.values():
+            fut.cancel()
+        self.pending = {}
+        self.ready.clear()
+        if transport.can_write_eof():
+            try:
+                transport.write_eof()
+            except OSError:
+                transport.close()
+                return
+            self._update_reading()
+            self.linger_timer = self.loop.call_later(LINGER_S, transport.close)
+        else:
+            transport.close()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        stop = not self.finished and (self.write_paused or self.next_seq - self.send_seq >= MAX_PIPELINE)
+        if stop and not self.read_paused:
+            self.read_paused = True
+            transport.pause_reading()
+        elif not stop and self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
+
+    def _too_large(self, what: str) -> str:
+        return (
+            f"{what} than the server's limit of {self.max_body} bytes (--max-body-bytes); "
+            "send smaller requests (split the batch)"
+        ).replace("bytes than", "bytes, larger than") if what.startswith("Content-Length") else (
+            f"{what} than the server's limit of {self.max_body} bytes (--max-body-bytes); send smaller requests (split the batch)"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """The server is stopping: close now if idle, else after the last answer in flight."""
+        if self.transport is None:
+            return
+        if not self.in_message and self.next_seq == self.send_seq and not self.finished:
+            self.closing = True
+            self.finished = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _parse_object(body: bytes, what: str) -> dict:
+    from parity.serving.transport.http_codec import _json
+
+    doc = _json(body, what)
+    if type(doc) is not dict:
+        raise InvalidInput(f"{what} must be a JSON object")
+    return doc
+
+
+def _latin1(v: bytes | None) -> str | None:
+    return None if v is None else v.decode("latin-1")
+
+
+_STATIC = {
+    b"/v2/health/live": (_GET, HttpConnection._h_live),
+    b"/v2/health/ready": (_GET, HttpConnection._h_ready),
+    b"/v2": (_GET, HttpConnection._h_server_metadata),
+    b"/v2/models/stats": (_GET, HttpConnection._h_all_stats),
+    b"/v2/repository/index": (_POST, HttpConnection._h_index),
+    b"/metrics": (_GET, HttpConnection._h_metrics),
+}
+_MODEL = {
+    b"": (_GET, HttpConnection._m_metadata),
+    b"ready": (_GET, HttpConnection._m_ready),
+    b"config": (_GET, HttpConnection._m_config),
+    b"stats": (_GET, HttpConnection._m_stats),
+}
+
+__all__ = ["HttpTransport", "HttpConnection", "PayloadTooLarge"]
