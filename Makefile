@@ -29,7 +29,7 @@ proto: $(STAMP)
 	$(PY) proto/generate.py
 
 bench-setup: $(STAMP)
-	bash bench/setup.sh
+	bash bench/setup.sh --peer
 
 bench: bench-setup
 	$(PY) bench/serving.py

@@ -43,8 +43,19 @@ class PerfAnalyzerError(RuntimeError):
 
     def __init__(self, message: str, output: str = "", returncode: Optional[int] = None):
         super().__init__(message + (f"\n--- perf_analyzer output (tail) ---\n{output[-3000:]}" if output else ""))
+        self.message = message
         self.output = output
         self.returncode = returncode
+
+    @property
+    def summary(self) -> str:
+        """One line: perf_analyzer's most telling error line if it printed one, else the message."""
+        lines = [line.strip() for line in self.output.splitlines() if line.strip()]
+        for needle in ("had error", "error", "failed"):
+            for line in lines:
+                if needle in line.lower():
+                    return line
+        return self.message.splitlines()[0]
 
 
 # --------------------------------------------------------------------------- binary + env
@@ -106,6 +117,24 @@ def _read_stat(pid: int) -> Optional[List[str]]:
         return None
     # The command name (field 2) is in parentheses and may itself contain spaces or ')'.
     return raw[raw.rindex(")") + 2:].split()
+
+
+def machine_busy_seconds() -> float:
+    """Busy CPU seconds of the whole machine so far (all CPUs), from the first line of /proc/stat."""
+    with open("/proc/stat") as fh:
+        fields = fh.readline().split()[1:]
+    values = [int(v) for v in fields]
+    # user nice system idle iowait irq softirq steal (guest time is already inside user/nice)
+    busy = values[0] + values[1] + values[2] + sum(values[5:8])
+    return busy / CLK_TCK
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's waited-for children (perf_analyzer runs)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def process_tree(pid: int) -> List[int]:
@@ -263,6 +292,8 @@ class PerfResult:
     server_cpu_s: Optional[float]
     server_cpu_us_per_request: Optional[float]
     server_cpu_us_per_row: Optional[float]
+    client_cpu_s: Optional[float]  # perf_analyzer's own CPU time
+    other_load: Optional[float]  # cores busy with anything but server, perf_analyzer and this process
     wall_s: float
     command: List[str]
 
@@ -414,6 +445,7 @@ def run_perf(
                                 profile_path, shapes, input_data, extra_args)
             stats_before = target.success_count(model)
             cpu_before = cpu_seconds(target.pid) if target.pid else None
+            client_before, busy_before, own_before = children_cpu_seconds(), machine_busy_seconds(), time.process_time()
             started = time.monotonic()
             try:
                 rc, output = _run_once(cmd, timeout, cpu_affinity)
@@ -421,6 +453,9 @@ def run_perf(
                 raise PerfAnalyzerError(f"perf_analyzer timed out after {timeout}s: {' '.join(cmd)}",
                                         str(exc.output or "")) from None
             wall = time.monotonic() - started
+            client_cpu = children_cpu_seconds() - client_before
+            busy = machine_busy_seconds() - busy_before
+            own = time.process_time() - own_before
             cpu_after = cpu_seconds(target.pid) if target.pid else None
             stats_after = target.success_count(model)
             (work / f"{stem}.log").write_text(output)
@@ -444,6 +479,9 @@ def run_perf(
                 requests, source = counted, "profile-export"
         cpu = (cpu_after - cpu_before) if cpu_before is not None and cpu_after is not None else None
         per_request = cpu * 1e6 / requests if cpu is not None and requests else None
+        other_load = None
+        if cpu is not None and wall > 0:
+            other_load = max(0.0, busy - cpu - client_cpu - own) / wall
         return PerfResult(
             target=target.name,
             model=model,
@@ -471,6 +509,8 @@ def run_perf(
             server_cpu_s=cpu,
             server_cpu_us_per_request=per_request,
             server_cpu_us_per_row=per_request / batch_size if per_request is not None else None,
+            client_cpu_s=client_cpu,
+            other_load=other_load,
             wall_s=wall,
             command=cmd,
         )
@@ -500,6 +540,9 @@ def main(argv=None) -> int:
     parser.add_argument("--pid", type=int, default=None, help="server process for CPU accounting")
     parser.add_argument("-H", "--header", action="append", default=[],
                         help="'Name: value', sent as HTTP header or gRPC metadata (repeatable)")
+    parser.add_argument("--access-token", default=None,
+                        help="Triton access token: sent as triton-access-token (HTTP) or "
+                             "triton-grpc-protocol-triton-access-token (gRPC)")
     parser.add_argument("--shape", action="append", default=[], help="NAME:d1,d2 for variable dims")
     parser.add_argument("--mode", choices=["count_windows", "time_windows"], default="count_windows")
     parser.add_argument("--request-count", type=int, default=500, help="per window (count_windows)")
@@ -510,7 +553,11 @@ def main(argv=None) -> int:
     headers = dict(h.split(":", 1) for h in args.header)
     shapes = {s.split(":", 1)[0]: [int(d) for d in s.split(":", 1)[1].split(",")] for s in args.shape}
     headers = {k.strip(): v.strip() for k, v in headers.items()}
-    target = Target("server", args.http_port, args.grpc_port, args.host, args.pid, headers, headers)
+    grpc_headers = dict(headers)
+    if args.access_token:
+        headers["triton-access-token"] = args.access_token
+        grpc_headers["triton-grpc-protocol-triton-access-token"] = args.access_token
+    target = Target("server", args.http_port, args.grpc_port, args.host, args.pid, headers, grpc_headers)
     result = run_perf(
         target, args.model, args.protocol, args.concurrency, args.batch_size,
         Measurement(mode=args.mode, request_count=args.request_count, interval_ms=args.interval_ms,

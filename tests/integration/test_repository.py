@@ -249,3 +249,22 @@ def test_a_full_queue_answers_unavailable_at_once(tmp_path):
         await repo.close()
 
     run(main())
+
+
+def test_without_dynamic_batching_each_request_runs_alone(tmp_path):
+    w = write_mlp_onnx(tmp_path / "m" / "1" / "model.onnx", SIZES)
+    write_config(tmp_path / "m", mlp_config(SIZES, batching=False))
+    rng = np.random.default_rng(3)
+
+    async def main():
+        core, repo = make_core(tmp_path)
+        await repo.load_all()
+        xs = [rng.standard_normal((int(rng.integers(1, 5)), 8)).astype(np.float32) for _ in range(50)]
+        results = await asyncio.gather(*(core.infer(request("m", x)) for x in xs))
+        for x, r in zip(xs, results):
+            np.testing.assert_allclose(r.outputs[0].data, mlp_reference(x, w), rtol=1e-5, atol=1e-5)
+        st = core.model_statistics("m")[0]
+        assert st["execution_count"] == 50 and st["inference_count"] == sum(len(x) for x in xs)
+        await repo.close()
+
+    run(main())

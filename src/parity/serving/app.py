@@ -46,13 +46,20 @@ class Server:
     async def start(self) -> None:
         cfg = self.config
         self.repository.scan()  # a missing directory fails here, with its name
-        # Listen first: liveness answers while models load; readiness waits for them.
+        # A lone server listens first, so liveness answers while models load and readiness waits
+        # for them.  A worker sharing its ports listens only once loaded: the kernel spreads new
+        # connections over every listener, and none should land on a worker that cannot serve yet.
         self.transports = make_transports(self.core, cfg)
-        for t in self.transports:
-            await t.start()
+        shared_ports = os.environ.get(WORKER_ENV) is not None
+        if not shared_ports:
+            for t in self.transports:
+                await t.start()
         failures = await self.repository.load_all()
         for f in failures:
             log.error("not serving %s", f)
+        if shared_ports:
+            for t in self.transports:
+                await t.start()
         self.core.started = True
         if cfg.model_control_mode == "poll" and cfg.repository_poll_secs > 0:
             self._tasks.append(asyncio.create_task(self._poll_forever()))

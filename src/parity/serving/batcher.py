@@ -65,6 +65,10 @@ class Batcher:
     def __len__(self) -> int:
         return self._count
 
+    def live(self) -> int:
+        """Queued requests still waiting (a scan: for metrics, not the request path)."""
+        return sum(1 for q in self._queues.values() for it in q if it.alive())
+
     def put(self, signature: Hashable, item: Item) -> None:
         if self.max_queue_size and self._count >= self.max_queue_size:
             self._purge()

@@ -135,9 +135,11 @@ class InferenceCore:
         """Validate and queue a request; the future resolves to {output name: array}.
         Errors raised here are counted by `fail`."""
         t0 = time.perf_counter_ns()
-        if self.draining:
+        if self.draining or not self.started:
             self.server_failures["rejected"] += 1
-            raise Unavailable("server is shutting down; retry on another replica")
+            if self.draining:
+                raise Unavailable("server is shutting down; retry on another replica")
+            raise Unavailable("server is starting: models are loading; retry when /v2/health/ready answers 200")
         try:
             version = self.repository.lookup(req.model_name, req.model_version)
         except ParityError as e:

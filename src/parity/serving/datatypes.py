@@ -143,8 +143,22 @@ def from_json_data(name: str, datatype: str, shape: tuple[int, ...], data) -> np
             else:
                 raise InvalidInput(f"input '{name}': BYTES elements must be strings, got {type(v).__name__}")
         return out.reshape(shape)
+    dtype = DTYPES[datatype]
     try:
-        arr = np.asarray(data, dtype=DTYPES[datatype])
+        if dtype.kind in "iu":
+            raw = np.asarray(data)
+            if raw.dtype.kind not in "iub":
+                raise InvalidInput(f"input '{name}': {datatype} data must be integers, got {raw.dtype.name} values")
+            info = np.iinfo(dtype)
+            if raw.size and (raw.min() < info.min or raw.max() > info.max):
+                raise InvalidInput(f"input '{name}': values outside the {datatype} range {info.min}..{info.max}")
+            arr = raw.astype(dtype)
+        elif dtype.kind == "b":
+            arr = np.asarray(data)
+            if arr.dtype.kind != "b":
+                raise InvalidInput(f"input '{name}': BOOL data must be true/false, got {arr.dtype.name} values")
+        else:
+            arr = np.asarray(data, dtype=dtype)
     except (TypeError, ValueError, OverflowError) as e:
         raise InvalidInput(f"input '{name}': data does not fit {datatype}: {e}") from None
     if arr.size != count:

@@ -151,13 +151,13 @@ class Repository:
         """Load (or reload what changed of) one model.  Raises if nothing of it could be served."""
         if not valid_name(name):
             raise NotFound(f"'{name}' is not a valid model name")
+        mdir = self.root / name
+        if not mdir.is_dir():
+            raise NotFound(f"model '{name}' is not in the repository {self.root}")
         model = self.models.get(name)
         if model is None:
             model = self.models[name] = Model(name)
         async with model.lock:
-            mdir = self.root / name
-            if not mdir.is_dir():
-                raise NotFound(f"model '{name}' is not in the repository {self.root}")
             cfg_path = mdir / "config.yaml"
             try:
                 config = self._read_config(name)

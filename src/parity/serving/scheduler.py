@@ -68,8 +68,8 @@ class Scheduler:
                 dyn.max_queue_delay_microseconds * 1e-6,
                 dyn.max_queue_size or DEFAULT_MAX_QUEUE_SIZE,
             )
-        else:  # no dynamic batching: each request runs alone, as sent
-            self.batcher = Batcher(max(config.max_batch_size, 1), max_queue_size=DEFAULT_MAX_QUEUE_SIZE)
+        else:  # no dynamic batching: each request runs alone, as sent (a batch is one request)
+            self.batcher = Batcher(1, max_queue_size=DEFAULT_MAX_QUEUE_SIZE)
         self.concat = config.batching and dyn is not None
         always_inline = inline_max_rows >= max(config.max_batch_size, 1)
         self.instances = [Instance(r, threaded=not always_inline) for r in runners]
@@ -80,7 +80,7 @@ class Scheduler:
         self._wake_at: float | None = None
         self._idle = asyncio.Event()
         self._idle.set()
-        stats.pending = lambda: len(self.batcher)
+        stats.pending = self.batcher.live
 
     # -- request side -------------------------------------------------------------------------
 
@@ -192,6 +192,8 @@ class Scheduler:
                 per_request.append({name: arr[start:end] for name, arr in zip(outputs, results)})
                 start = end
         t_out = time.perf_counter_ns()
+        if not self.concat and self.config.batching and inputs:
+            rows = inputs[0].shape[0]  # a batching model without dynamic batching: the request's own batch
         return per_request, (t_start, t_in - t_start, t_run - t_in, t_out - t_run), rows
 
     def _rows_message(self, name, arr, rows) -> str:

@@ -91,6 +91,7 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.returncode = self.proc.returncode
+        self._log.close()
         return self.returncode
 
     def __enter__(self) -> "ServerProcess":

@@ -5,7 +5,7 @@ calls the shared `InferenceCore` and maps `ParityError`s to gRPC status codes.  
 (ModelInfer, ModelStreamInfer) is kept lean:
 
 - requests are parsed by the generated (upb) classes; raw tensor contents become numpy arrays
-  without copies (`datatypes.decode_raw`);
+  over the received bytes (no copy), with `datatypes.decode_raw` for BYTES and for the errors;
 - responses are written as protobuf wire bytes directly: the per-model prefix and the per-output
   tensor headers are encoded once and cached, numeric outputs are joined into the message without
   an intermediate copy;
@@ -31,6 +31,7 @@ from parity._proto.inference import grpc_service_pb2 as pb
 from parity._proto.inference import model_config_pb2 as mc
 from parity.config import ServerConfig
 from parity.errors import (
+    DeadlineExceeded,
     GrpcCode,
     InvalidInput,
     ParityError,
@@ -38,7 +39,7 @@ from parity.errors import (
     as_parity_error,
 )
 from parity.serving.core import InferenceCore, bearer
-from parity.serving.datatypes import DTYPES, decode_raw, element_count, encode_bytes
+from parity.serving.datatypes import DTYPES, WIRE_DTYPES, decode_raw, element_count, encode_bytes
 from parity.types import InferRequest, RequestedOutput, Tensor
 
 log = logging.getLogger("parity.grpc")
@@ -49,9 +50,13 @@ SERVICE = "inference.GRPCInferenceService"
 _STATUS: dict[int, grpc.StatusCode] = {sc.value[0]: sc for sc in grpc.StatusCode}
 STATUS_CODES: dict[GrpcCode, grpc.StatusCode] = {c: _STATUS[int(c)] for c in GrpcCode}
 _INTERNAL = grpc.StatusCode.INTERNAL
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 _AbortError = grpc.aio.AbortError
 _CancelledError = asyncio.CancelledError
 _LITTLE = sys.byteorder == "little"
+# grpcio cancels a call whose deadline passed; a cancellation this close to the request's deadline
+# is counted as a timeout, not as a client cancel (uvloop's clock ticks in milliseconds).
+_CLOCK_SLACK_S = 0.005
 
 # Typed `contents` fields by datatype: (field name, dtype the field holds).  FP16 and BF16 have no
 # typed field in the protocol: they travel as raw contents only.
@@ -69,6 +74,10 @@ _CONTENTS: dict[str, tuple[str, np.dtype | None]] = {
     "FP64": ("fp64_contents", np.dtype(np.float64)),
     "BYTES": ("bytes_contents", None),
 }
+
+
+# Raw contents of these datatypes are decoded inline (little-endian numpy dtypes).
+_NUMERIC: dict[str, np.dtype] = {k: v for k, v in WIRE_DTYPES.items() if k != "BYTES"}
 
 
 # -- protobuf wire encoding of responses -------------------------------------------------------------
@@ -130,10 +139,12 @@ class _Wire:
             arr = t.data
             shape = arr.shape
             if len(shape) == 1 and shape[0] < 128:
-                dims = _SMALL_VARINTS[shape[0]]
-            else:
+                sub = self.header(t.name, t.datatype) + _T3 + b"\x01" + _SMALL_VARINTS[shape[0]]
+            elif shape:
                 dims = b"".join([_varint(d) for d in shape])
-            sub = self.header(t.name, t.datatype) + _T3 + _varint(len(dims)) + dims
+                sub = self.header(t.name, t.datatype) + _T3 + _varint(len(dims)) + dims
+            else:  # a scalar: no shape field, as protobuf writes it
+                sub = self.header(t.name, t.datatype)
             parts.append(_T5)
             parts.append(_varint(len(sub)))
             parts.append(sub)
@@ -195,6 +206,8 @@ def _typed_contents(name: str, datatype: str, shape: tuple[int, ...], inp) -> np
     values = getattr(inp.contents, field)
     count = element_count(shape)
     if len(values) != count:
+        if not inp.HasField("contents") and count:
+            raise InvalidInput(f"input '{name}' has no data: send it in raw_input_contents (or in contents.{field})")
         raise InvalidInput(
             f"input '{name}': contents.{field} has {len(values)} elements but shape {list(shape)} needs {count}"
         )
@@ -213,7 +226,16 @@ def _typed_contents(name: str, datatype: str, shape: tuple[int, ...], inp) -> np
     return arr.reshape(shape)
 
 
-def decode_infer_request(msg: pb.ModelInferRequest) -> InferRequest:
+_MAX_DIMS = 32  # numpy's limit on array dimensions
+
+
+def _bad_shape(name: str, shape: tuple[int, ...]) -> InvalidInput:
+    if len(shape) > _MAX_DIMS:
+        return InvalidInput(f"input '{name}': shape has {len(shape)} dimensions; at most {_MAX_DIMS} are supported")
+    return InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
+
+
+def decode_infer_request(msg: pb.ModelInferRequest, loop: asyncio.AbstractEventLoop | None = None) -> InferRequest:
     """ModelInferRequest -> InferRequest (tensors checked for self-consistency only)."""
     raw = msg.raw_input_contents
     inputs_pb = msg.inputs
@@ -228,26 +250,37 @@ def decode_infer_request(msg: pb.ModelInferRequest) -> InferRequest:
         for i, inp in enumerate(inputs_pb):
             name = inp.name
             datatype = inp.datatype
-            shape = tuple(inp.shape)
-            if shape and min(shape) < 0:
-                raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
+            shape = tuple(inp.shape[:])  # [:] first: a list converts faster than the repeated field
+            if shape and (min(shape) < 0 or len(shape) > _MAX_DIMS):
+                raise _bad_shape(name, shape)
             if inp.HasField("contents"):
                 raise InvalidInput(f"input '{name}': give its data either in contents or in raw_input_contents, not both")
-            data = decode_raw(name, datatype, shape, raw[i])
+            content = raw[i]
+            dtype = _NUMERIC.get(datatype)
+            if dtype is not None:  # the common case, inline; decode_raw words the errors
+                size = dtype.itemsize
+                for d in shape:
+                    size *= d
+                if size == len(content):
+                    data = np.frombuffer(content, dtype).reshape(shape)
+                else:
+                    data = decode_raw(name, datatype, shape, content)
+            else:
+                data = decode_raw(name, datatype, shape, content)
             tensors.append(Tensor(name, datatype, shape, data, _params(inp.parameters) if inp.parameters else {}))
     else:
         for inp in inputs_pb:
             name = inp.name
             datatype = inp.datatype
-            shape = tuple(inp.shape)
-            if shape and min(shape) < 0:
-                raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
+            shape = tuple(inp.shape[:])
+            if shape and (min(shape) < 0 or len(shape) > _MAX_DIMS):
+                raise _bad_shape(name, shape)
             data = _typed_contents(name, datatype, shape, inp)
             tensors.append(Tensor(name, datatype, shape, data, _params(inp.parameters) if inp.parameters else {}))
     outputs = None
     if msg.outputs:
         outputs = [RequestedOutput(o.name, _params(o.parameters) if o.parameters else {}) for o in msg.outputs]
-    req = InferRequest(msg.model_name, msg.model_version, msg.id, tensors, outputs)
+    req = InferRequest(msg.model_name, msg.model_version, msg.id, tensors, outputs, {}, None)
     if msg.parameters:
         params = req.parameters = _params(msg.parameters)
         timeout = params.get("timeout")
@@ -255,7 +288,7 @@ def decode_infer_request(msg: pb.ModelInferRequest) -> InferRequest:
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
                 raise InvalidInput(f"parameter 'timeout' must be a non-negative number of microseconds, got {timeout!r}")
             if timeout > 0:  # 0: no timeout, as in Triton
-                req.deadline = asyncio.get_running_loop().time() + timeout * 1e-6
+                req.deadline = (loop or asyncio.get_running_loop()).time() + timeout * 1e-6
     return req
 
 
@@ -269,10 +302,12 @@ class GrpcTransport:
         self.core = core
         self.config = config
         self._server: grpc.aio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._port = 0
         self._wire = _Wire()
         # (model, version number) -> (version fingerprint, serialized ModelConfigResponse)
         self._config_cache: dict[tuple[str, int], tuple[tuple, bytes]] = {}
+        self._streams: set[Callable[[], None]] = set()  # open ModelStreamInfer calls: their stop()
 
     @property
     def port(self) -> int:
@@ -312,6 +347,7 @@ class GrpcTransport:
 
     async def start(self) -> None:
         cfg = self.config
+        self._loop = asyncio.get_running_loop()
         limit = cfg.max_body_bytes
         options = [
             ("grpc.max_receive_message_length", limit),
@@ -333,9 +369,14 @@ class GrpcTransport:
         self._server = server
 
     async def stop(self, grace: float) -> None:
+        """Stop accepting; open streams end once the requests they carry are answered; unary calls
+        in flight get up to `grace` seconds."""
         server, self._server = self._server, None
-        if server is not None:
-            await server.stop(grace)
+        if server is None:
+            return
+        for stop_stream in list(self._streams):
+            stop_stream()
+        await server.stop(grace)
 
     # -- error mapping ---------------------------------------------------------------------------------
 
@@ -364,11 +405,12 @@ class GrpcTransport:
 
     async def model_infer(self, request: pb.ModelInferRequest, context) -> bytes:
         core = self.core
+        loop = self._loop
         try:
-            req = decode_infer_request(request)
+            req = decode_infer_request(request, loop)
             remaining = context.time_remaining()
             if remaining is not None:
-                deadline = asyncio.get_running_loop().time() + remaining
+                deadline = loop.time() + remaining
                 if req.deadline is None or deadline < req.deadline:
                     req.deadline = deadline
             fut, plan, t0 = core.submit(req)
@@ -376,7 +418,10 @@ class GrpcTransport:
             await self._abort(context, e)
         try:
             outputs = await fut
-        except _CancelledError as e:  # the client cancelled, or grpc's deadline cancelled the call
+        except _CancelledError as e:  # the client cancelled, or its gRPC deadline passed
+            deadline = req.deadline
+            if deadline is not None and loop.time() >= deadline - _CLOCK_SLACK_S:
+                e = DeadlineExceeded("the request's deadline passed before it was answered")
             core.fail(plan, t0, e)
             raise
         except Exception as e:
@@ -389,18 +434,20 @@ class GrpcTransport:
 
     async def model_stream_infer(self, request_iterator, context) -> None:
         """Each request is answered by one ModelStreamInferResponse, in completion order; a failed
-        request is answered with its error_message and the stream goes on."""
+        request is answered with its error_message and the stream goes on.  The stream ends when the
+        client half-closes it and every request read is answered; when the server stops, it ends
+        once the requests already read are answered, with UNAVAILABLE."""
         core = self.core
         wire = self._wire
-        loop = asyncio.get_running_loop()
-        out: asyncio.Queue = asyncio.Queue()
+        loop = self._loop
+        out: asyncio.Queue = asyncio.Queue()  # serialized responses; None ends the stream
         inflight: dict[asyncio.Future, tuple] = {}
-        reading = True
+        eof = stopping = False
 
         def done(fut: asyncio.Future) -> None:
             req, plan, t0 = inflight.pop(fut)
             if fut.cancelled():
-                return  # the stream is going away; accounted for in `finally`
+                return  # the stream is going away; accounted for below
             exc = fut.exception()
             if exc is not None:
                 err = core.fail(plan, t0, exc)
@@ -412,42 +459,53 @@ class GrpcTransport:
                 except Exception as e:  # noqa: BLE001 - an encoding bug must not end the stream
                     log.error("gRPC stream: unexpected error", exc_info=e)
                     out.put_nowait(_stream_error(as_parity_error(e).message, req.model_name, req.id))
-            if not reading and not inflight:
+            if (eof or stopping) and not inflight:
                 out.put_nowait(None)
 
-        async def write_all() -> None:
-            while True:
-                item = await out.get()
-                if item is None:
-                    return
-                await context.write(item)
+        async def read_all() -> None:
+            nonlocal eof
+            try:
+                async for request in request_iterator:
+                    try:
+                        req = decode_infer_request(request, loop)
+                        fut, plan, t0 = core.submit(req)
+                    except Exception as e:
+                        err = as_parity_error(e)
+                        if not isinstance(e, ParityError):
+                            log.error("gRPC stream: unexpected error", exc_info=e)
+                        out.put_nowait(_stream_error(err.message, request.model_name, request.id))
+                        continue
+                    inflight[fut] = (req, plan, t0)
+                    fut.add_done_callback(done)
+            finally:
+                eof = True
+                if not inflight:
+                    out.put_nowait(None)
 
-        writer = loop.create_task(write_all())
-        try:
-            async for request in request_iterator:
-                try:
-                    req = decode_infer_request(request)
-                    fut, plan, t0 = core.submit(req)
-                except Exception as e:
-                    err = as_parity_error(e)
-                    if not isinstance(e, ParityError):
-                        log.error("gRPC stream: unexpected error", exc_info=e)
-                    out.put_nowait(_stream_error(err.message, request.model_name, request.id))
-                    continue
-                inflight[fut] = (req, plan, t0)
-                fut.add_done_callback(done)
-            reading = False
+        def stop() -> None:  # called by GrpcTransport.stop
+            nonlocal stopping
+            stopping = True
             if not inflight:
                 out.put_nowait(None)
-            await writer
+
+        reader = loop.create_task(read_all())
+        self._streams.add(stop)
+        try:
+            while (item := await out.get()) is not None:
+                await context.write(item)
         finally:
-            if not writer.done():
-                writer.cancel()
+            self._streams.discard(stop)
+            if not reader.done():
+                reader.cancel()
+            elif not reader.cancelled():
+                reader.exception()  # retrieved: a failed read ends the stream like a half-close
             for fut, (req, plan, t0) in list(inflight.items()):
                 fut.remove_done_callback(done)
                 fut.cancel()
                 core.fail(plan, t0, _CancelledError())
             inflight.clear()
+        if stopping and not eof:
+            await context.abort(_UNAVAILABLE, "the server is shutting down; open a new stream (to another replica)")
 
     # -- server and model information ----------------------------------------------------------------
 
@@ -488,7 +546,8 @@ class GrpcTransport:
         return body
 
     async def model_statistics(self, request, context):
-        return pb.ModelStatisticsResponse(model_stats=[_model_stats(s) for s in self.core.model_statistics(request.name, request.version)])
+        stats = self.core.model_statistics(request.name, request.version)
+        return pb.ModelStatisticsResponse(model_stats=[_model_stats(s) for s in stats])
 
     async def repository_index(self, request, context):
         Index = pb.RepositoryIndexResponse.ModelIndex

@@ -16,6 +16,7 @@ import gzip
 import logging
 import time
 import zlib
+from collections import deque
 from email.utils import formatdate
 from functools import partial
 from http import HTTPStatus
@@ -24,7 +25,7 @@ from urllib.parse import unquote_to_bytes
 import httptools
 
 from parity.config import ServerConfig
-from parity.errors import InternalError, InvalidInput, NotFound, ParityError, PayloadTooLarge
+from parity.errors import InternalError, InvalidInput, NotFound, ParityError
 from parity.serving.core import InferenceCore, bearer
 from parity.serving.transport.base import listen_socket
 from parity.serving.transport.http_codec import (
@@ -33,6 +34,7 @@ from parity.serving.transport.http_codec import (
     decode_infer_request,
     dumps,
     encode_infer_response,
+    parse_json,
 )
 
 log = logging.getLogger("parity.http")
@@ -52,6 +54,10 @@ _OCTET = b"application/octet-stream"
 _TEXT = b"text/plain; charset=utf-8"
 _PROM = b"text/plain; version=0.0.4; charset=utf-8"
 _HEAD_FMT = b"HTTP/1.1 %s\r\n%scontent-type: %s\r\ncontent-length: %d\r\n"
+_BIN_HEAD_FMT = (
+    b"HTTP/1.1 200 OK\r\n%scontent-type: application/octet-stream\r\ncontent-length: %d\r\n"
+    b"inference-header-content-length: %d\r\n"
+)
 _WANTED = frozenset(
     (
         b"content-length",
@@ -61,8 +67,13 @@ _WANTED = frozenset(
         b"content-encoding",
         b"accept-encoding",
         b"transfer-encoding",
+        b"connection",
+        b"upgrade",
     )
 )
+_MISS = object()
+_HEADER_KEYS: dict[bytes, bytes | None] = {}  # header name as spelled -> its key if wanted, else None
+_INFER_ROUTES: dict[bytes, tuple[str, str]] = {}  # URL -> (model, version), filled as URLs are seen
 _GET = ("GET", "HEAD")
 _POST = ("POST",)
 
@@ -144,7 +155,7 @@ class HttpTransport:
         if self.connections:
             try:
                 await asyncio.wait_for(self._closed.wait(), grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         for conn in list(self.connections):
             conn.abort()
@@ -159,10 +170,31 @@ class HttpConnection(asyncio.Protocol):
     """One client connection: parser callbacks, routing, ordered answers, flow control."""
 
     __slots__ = (
-        "owner", "core", "loop", "transport", "parser", "max_header", "max_body",
-        "url", "header_bytes", "headers", "body", "body_len", "in_message", "upgrade", "cur_seq",
-        "next_seq", "send_seq", "ready", "interim", "pending", "closing", "finished",
-        "write_paused", "read_paused", "linger_timer",
+        "backlog",
+        "body",
+        "body_len",
+        "closing",
+        "core",
+        "eof",
+        "finished",
+        "header_bytes",
+        "headers",
+        "in_message",
+        "interim",
+        "linger_timer",
+        "loop",
+        "max_body",
+        "max_header",
+        "next_seq",
+        "owner",
+        "parser",
+        "pending",
+        "read_paused",
+        "ready",
+        "send_seq",
+        "transport",
+        "url",
+        "write_paused",
     )  # fmt: skip
 
     def __init__(self, owner: HttpTransport):
@@ -179,8 +211,6 @@ class HttpConnection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.body_len = 0
         self.in_message = False
-        self.upgrade = False
-        self.cur_seq = 0
         self.next_seq = 0  # the sequence number the next complete request gets
         self.send_seq = 0  # the sequence number whose answer leaves next
         self.ready: dict[int, tuple] = {}  # answers waiting for those before them
@@ -191,6 +221,8 @@ class HttpConnection(asyncio.Protocol):
         self.write_paused = False
         self.read_paused = False
         self.linger_timer = None
+        self.eof = False  # the client has finished sending
+        self.backlog: deque = deque()  # complete requests held while the client does not read
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
 
@@ -217,16 +249,14 @@ class HttpConnection(asyncio.Protocol):
             self._fatal(400, f"malformed HTTP request: {msg}")
 
     def eof_received(self):
-        # The client finished sending.  Answer what was asked, then close.
-        if self.in_message:
-            self.in_message = False
-            self.closing = True
-            self._fatal(400, "the connection ended in the middle of a request")
-            return True
+        # The client stopped sending.  Like most servers and proxies we take that as the client
+        # going away: answers still in flight are cancelled (connection_lost follows), except for
+        # a request cut in the middle, which is told so before the connection closes.
+        self.eof = True
         self.closing = True
-        if self.next_seq == self.send_seq:
-            return False  # nothing outstanding: let the transport close
-        return True  # keep the write side open for the answers still to come; closed after the last
+        if self.in_message and not self.finished:
+            self._fatal(400, "the connection ended in the middle of a request")
+        return False
 
     def connection_lost(self, exc) -> None:
         self.transport = None
@@ -240,6 +270,7 @@ class HttpConnection(asyncio.Protocol):
         for fut in pending.values():
             fut.cancel()  # the core drops cancelled requests from its queues
         self.ready.clear()
+        self.backlog.clear()
         self.owner.connection_closed(self)
 
     def pause_writing(self) -> None:
@@ -248,34 +279,42 @@ class HttpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        backlog = self.backlog
+        while backlog and not self.write_paused and self.transport is not None:
+            self._dispatch(*backlog.popleft())
         self._update_reading()
 
     # -- parser callbacks --------------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        if self.closing:
-            raise _Stop()
-        self.in_message = True
-        self.url = b""
-        self.header_bytes = 0
-        self.headers = {}
-        self.body = []
-        self.body_len = 0
-        self.upgrade = False
-        self.cur_seq = self.next_seq
+    # (No on_message_begin: a request starts with its URL, and the per-request state is reset
+    # when the previous one completes; one Python call fewer per request.)
 
     def on_url(self, url: bytes) -> None:
-        self.url += url
-        self.header_bytes += len(url)
-        if self.header_bytes > self.max_header:
+        if self.in_message:
+            self.url += url
+            n = self.header_bytes + len(url)
+        else:
+            if self.closing:
+                raise _Stop()
+            self.in_message = True
+            self.url = url
+            n = len(url)
+        self.header_bytes = n
+        if n > self.max_header:
             raise _Fatal(431, f"the request line and headers are larger than the server's limit of {self.max_header} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_bytes += len(name) + len(value) + 4
-        if self.header_bytes > self.max_header:
+        n = self.header_bytes + len(name) + len(value) + 4
+        self.header_bytes = n
+        if n > self.max_header:
             raise _Fatal(431, f"the request line and headers are larger than the server's limit of {self.max_header} bytes")
-        key = name.lower()
-        if key in _WANTED:
+        key = _HEADER_KEYS.get(name, _MISS)
+        if key is _MISS:  # a spelling not seen yet
+            low = name.lower()
+            key = low if low in _WANTED else None
+            if len(_HEADER_KEYS) < 1024:
+                _HEADER_KEYS[name] = key
+        if key is not None:
             old = self.headers.get(key)
             self.headers[key] = value if old is None else old + b"," + value
 
@@ -289,16 +328,16 @@ class HttpConnection(asyncio.Protocol):
                 raise _Fatal(400, "Content-Length is not an integer") from None
             if n > self.max_body:
                 raise _Fatal(400, self._too_large(f"Content-Length is {n} bytes"))
-        if self.parser.should_upgrade():
+        if b"upgrade" in headers and self.parser.should_upgrade():
+            # llhttp would hand the body over as upgraded bytes; we never switch protocols.
             if (cl is not None and cl.strip() != b"0") or b"transfer-encoding" in headers:
                 raise _Fatal(400, "protocol upgrades are not supported; send the request without 'Upgrade'")
-            self.upgrade = True
         expect = headers.get(b"expect")
         if expect is not None:
             if expect.strip().lower() != b"100-continue":
                 raise _Fatal(417, f"unsupported expectation '{expect.decode('latin-1')}'; only 100-continue is")
             if self.parser.get_http_version() == "1.1":
-                seq = self.cur_seq
+                seq = self.next_seq
                 if seq == self.send_seq:
                     self.transport.write(_CONTINUE)
                 else:
@@ -307,65 +346,87 @@ class HttpConnection(asyncio.Protocol):
     def on_body(self, chunk: bytes) -> None:
         self.body_len += len(chunk)
         if self.body_len > self.max_body:
-            raise _Fatal(400, self._too_large("the request body is larger"))
+            raise _Fatal(400, self._too_large(f"the request body has {self.body_len} bytes or more"))
         self.body.append(chunk)
 
     def on_message_complete(self) -> None:
         self.in_message = False
-        seq = self.cur_seq
+        seq = self.next_seq
         self.next_seq = seq + 1
         parser = self.parser
-        keep = parser.should_keep_alive()
-        if keep:
-            tail = _TAIL_KEEP if parser.get_http_version() == "1.1" else _TAIL_KEEP10
+        headers = self.headers
+        if parser.should_keep_alive():
+            # HTTP/1.0 keeps the connection only when asked with a Connection header, and is then
+            # told so; HTTP/1.1 keeps it by default.
+            tail = _TAIL_KEEP10 if b"connection" in headers and parser.get_http_version() == "1.0" else _TAIL_KEEP
         else:
             tail = _TAIL_CLOSE
             self.closing = True
         body = self.body
-        body = body[0] if len(body) == 1 else b"".join(body) if body else b""
-        self.body = []
-        try:
-            self._dispatch(seq, tail, parser.get_method(), body)
-        except BaseException as e:  # a bug must not take the connection's other requests down
-            log.exception("HTTP handler failed")
-            self._error(seq, tail, InternalError(f"internal error: {type(e).__name__}: {e}"))
+        if body:
+            body = body[0] if len(body) == 1 else b"".join(body)
+            self.body = []
+            self.body_len = 0
+        else:
+            body = b""
+        self.headers = {}
+        self.header_bytes = 0
+        if self.write_paused or self.backlog:
+            # The client is not reading its answers: hold the request, not its answer (bounded by
+            # what was read before reading paused), until the socket drains.
+            self.backlog.append((seq, tail, parser.get_method(), self.url, headers, body))
+        else:
+            self._dispatch(seq, tail, parser.get_method(), self.url, headers, body)
         if self.next_seq - self.send_seq >= MAX_PIPELINE:
             self._update_reading()
 
     # -- routing -----------------------------------------------------------------------------------
 
-    def _dispatch(self, seq: int, tail: bytes, method: bytes, body: bytes) -> None:
-        url = self.url
-        q = url.find(b"?")
-        path = url if q < 0 else url[:q]
-        if b"%" in path:
-            path = unquote_to_bytes(path)
-        if len(path) > 1 and path.endswith(b"/"):
-            path = path.rstrip(b"/")
-        enc = self.headers.get(b"content-encoding")
+    def _dispatch(self, seq: int, tail: bytes, method: bytes, url: bytes, headers: dict, body: bytes) -> None:
+        try:
+            self._route(seq, tail, method, url, headers, body)
+        except Exception as e:  # a bug must not take the connection's other requests down
+            log.exception("HTTP handler failed")
+            self._error(seq, tail, InternalError(f"internal error: {type(e).__name__}: {e}"))
+
+    def _route(self, seq: int, tail: bytes, method: bytes, url: bytes, headers: dict, body: bytes) -> None:
+        enc = headers.get(b"content-encoding")
         if enc is not None and body:
             try:
                 body = decode_body(body, enc, self.max_body)
             except ParityError as e:
                 self._error(seq, tail, e)
                 return
+        if method == b"POST":  # the hot path: an inference URL seen before
+            target = _INFER_ROUTES.get(url)
+            if target is not None:
+                self._infer(seq, tail, target[0], target[1], body, headers)
+                return
+        q = url.find(b"?")
+        path = url if q < 0 else url[:q]
+        if b"%" in path:
+            path = unquote_to_bytes(path)
+        if len(path) > 1 and path.endswith(b"/"):
+            path = path.rstrip(b"/")
         m = method.decode("latin-1")
-        # The hot path first.
         if path.endswith(b"/infer") and path.startswith(b"/v2/models/"):
             parts = path[11:-6].split(b"/")
             if len(parts) == 1 or (len(parts) == 3 and parts[1] == b"versions"):
                 if m != "POST":
-                    self._not_allowed(seq, tail, _POST)
+                    self._not_allowed(seq, tail, m, _POST)
                     return
                 name = parts[0].decode("utf-8", "replace")
                 version = parts[2].decode("utf-8", "replace") if len(parts) == 3 else ""
-                self._infer(seq, tail, name, version, body)
+                if len(_INFER_ROUTES) >= 1024:
+                    _INFER_ROUTES.clear()
+                _INFER_ROUTES[url] = (name, version)
+                self._infer(seq, tail, name, version, body, headers)
                 return
         route = _STATIC.get(path)
         if route is not None:
             allowed, handler = route
             if m not in allowed:
-                self._not_allowed(seq, tail, allowed)
+                self._not_allowed(seq, tail, m, allowed)
                 return
             handler(self, seq, tail, m, body)
             return
@@ -383,7 +444,7 @@ class HttpConnection(asyncio.Protocol):
                 if route is not None:
                     allowed, handler = route
                     if m not in allowed:
-                        self._not_allowed(seq, tail, allowed)
+                        self._not_allowed(seq, tail, m, allowed)
                         return
                     handler(self, seq, tail, m, name, version, body)
                     return
@@ -391,17 +452,21 @@ class HttpConnection(asyncio.Protocol):
             parts = path[22:].split(b"/")
             if len(parts) == 2 and parts[0] and parts[1] in (b"load", b"unload"):
                 if m != "POST":
-                    self._not_allowed(seq, tail, _POST)
+                    self._not_allowed(seq, tail, m, _POST)
                     return
-                self._repo_admin(seq, tail, parts[0].decode("utf-8", "replace"), parts[1] == b"load", body)
+                self._repo_admin(seq, tail, parts[0].decode("utf-8", "replace"), parts[1] == b"load", body, headers)
                 return
-        self._error(seq, tail, NotFound(f"no endpoint {m} {path.decode('utf-8', 'replace')}; the API is under /v2 (KServe v2 / Triton)"), m)
+        self._error(
+            seq,
+            tail,
+            NotFound(f"no endpoint {m} {path.decode('utf-8', 'replace')}; the API is under /v2 (KServe v2 / Triton)"),
+            m,
+        )
 
     # -- inference ---------------------------------------------------------------------------------
 
-    def _infer(self, seq: int, tail: bytes, model: str, version: str, body: bytes) -> None:
+    def _infer(self, seq: int, tail: bytes, model: str, version: str, body: bytes, headers: dict) -> None:
         core = self.core
-        headers = self.headers
         try:
             req, binary_default, binary_map = decode_infer_request(
                 body, headers.get(b"inference-header-content-length"), model, version, self.loop.time()
@@ -417,45 +482,40 @@ class HttpConnection(asyncio.Protocol):
     def _infer_done(self, seq, tail, req, plan, t0, binary_default, binary_map, accept, fut) -> None:
         core = self.core
         self.pending.pop(seq, None)
-        if fut.cancelled():
-            err = core.fail(plan, t0, asyncio.CancelledError())
+        try:
+            outputs = fut.result()
+        except BaseException as exc:  # CancelledError included: the core counts it as cancelled
+            err = core.fail(plan, t0, exc)
             if self.transport is not None:
                 self._error(seq, tail, err)
-            return
-        exc = fut.exception()
-        if exc is not None:
-            self._error(seq, tail, core.fail(plan, t0, exc))
             return
         if self.transport is None:
             core.fail(plan, t0, asyncio.CancelledError())
             return
         try:
-            resp = core.finish(req, plan, t0, fut.result())
-            header, raws = encode_infer_response(resp, binary_default, binary_map)
+            header, raws = encode_infer_response(core.finish(req, plan, t0, outputs), binary_default, binary_map)
         except Exception as e:  # an encoding bug: answer it, keep serving
             log.exception("encoding an inference response failed")
             self._error(seq, tail, InternalError(f"internal error encoding the response: {type(e).__name__}: {e}"))
             return
-        date = self.owner.date_line
         if raws is None:
             if accept is not None and len(header) >= COMPRESS_MIN:
                 self._send_compressed(seq, tail, accept, header, None, _JSON)
                 return
-            self._send(seq, _HEAD_FMT % (b"200 OK", date, _JSON, len(header)), header, tail)
+            self._send(seq, _HEAD_FMT % (b"200 OK", self.owner.date_line, _JSON, len(header)), header, tail)
             return
-        total = len(header)
-        for r in raws:
-            total += len(r)
-        if accept is not None and total >= COMPRESS_MIN:
-            self._send_compressed(seq, tail, accept, header, raws, _OCTET)
+        if len(raws) == 1:
+            body = header + raws[0]
+        else:
+            raws.insert(0, header)
+            body = b"".join(raws)
+        if accept is not None and len(body) >= COMPRESS_MIN:
+            self._send_compressed(seq, tail, accept, body, len(header), _OCTET)
             return
-        head = _HEAD_FMT % (b"200 OK", date, _OCTET, total) + b"inference-header-content-length: %d\r\n" % len(header)
-        raws.insert(0, header)
-        self._send(seq, head, raws, tail)
+        self._send(seq, _BIN_HEAD_FMT % (self.owner.date_line, len(body), len(header)), body, tail)
 
-    def _send_compressed(self, seq, tail, accept: bytes, header: bytes, raws: list | None, ctype: bytes) -> None:
+    def _send_compressed(self, seq, tail, accept: bytes, body: bytes, header_length: int | None, ctype: bytes) -> None:
         acc = accept.lower()
-        body = header if raws is None else b"".join([header, *raws])
         if b"gzip" in acc:
             body, enc = gzip.compress(body, 1), b"gzip"
         elif b"deflate" in acc:
@@ -463,8 +523,8 @@ class HttpConnection(asyncio.Protocol):
         else:
             enc = None
         head = _HEAD_FMT % (b"200 OK", self.owner.date_line, ctype, len(body))
-        if raws is not None:
-            head += b"inference-header-content-length: %d\r\n" % len(header)
+        if header_length is not None:
+            head += b"inference-header-content-length: %d\r\n" % header_length
         if enc is not None:
             head += b"content-encoding: %s\r\n" % enc
         self._send(seq, head, body, tail)
@@ -536,18 +596,20 @@ class HttpConnection(asyncio.Protocol):
             return
         self._json(seq, tail, 200, doc, method)
 
-    def _repo_admin(self, seq, tail, name: str, load: bool, body: bytes) -> None:
+    def _repo_admin(self, seq, tail, name: str, load: bool, body: bytes, headers: dict) -> None:
         try:
             if body.strip():
                 doc = _parse_object(body, "the repository request")
                 params = check_parameters("repository request", doc.get("parameters"))
                 for k in params:
                     if k == "config" or k.startswith("file:"):
-                        raise InvalidInput(f"parameter '{k}' is not supported: put the model's files and config.yaml in the repository")
+                        raise InvalidInput(
+                            f"parameter '{k}' is not supported: put the model's files and config.yaml in the repository"
+                        )
         except ParityError as e:
             self._error(seq, tail, e)
             return
-        token = bearer(_latin1(self.headers.get(b"authorization")))
+        token = bearer(_latin1(headers.get(b"authorization")))
         core = self.core
 
         async def run():
@@ -581,8 +643,8 @@ class HttpConnection(asyncio.Protocol):
         head = _HEAD_FMT % (_status_line(err.http_status), self.owner.date_line, _JSON, len(body)) + extra
         self._send(seq, head, None if method == "HEAD" else body, tail)
 
-    def _not_allowed(self, seq: int, tail: bytes, allowed: tuple) -> None:
-        err = ParityError(f"method {self.parser.get_method().decode('latin-1')} is not allowed here; use {' or '.join(allowed)}")
+    def _not_allowed(self, seq: int, tail: bytes, method: str, allowed: tuple) -> None:
+        err = ParityError(f"method {method} is not allowed here; use {' or '.join(allowed)}")
         err.http_status = 405
         self._error(seq, tail, err, extra=b"allow: %s\r\n" % ", ".join(allowed).encode())
 
@@ -667,7 +729,8 @@ class HttpConnection(asyncio.Protocol):
             fut.cancel()
         self.pending = {}
         self.ready.clear()
-        if transport.can_write_eof():
+        self.backlog.clear()
+        if not self.eof and transport.can_write_eof():
             try:
                 transport.write_eof()
             except OSError:
@@ -691,12 +754,7 @@ class HttpConnection(asyncio.Protocol):
             transport.resume_reading()
 
     def _too_large(self, what: str) -> str:
-        return (
-            f"{what} than the server's limit of {self.max_body} bytes (--max-body-bytes); "
-            "send smaller requests (split the batch)"
-        ).replace("bytes than", "bytes, larger than") if what.startswith("Content-Length") else (
-            f"{what} than the server's limit of {self.max_body} bytes (--max-body-bytes); send smaller requests (split the batch)"
-        )
+        return f"{what}, more than the server's limit of {self.max_body} bytes (--max-body-bytes); send smaller requests (split the batch)"
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -715,9 +773,7 @@ class HttpConnection(asyncio.Protocol):
 
 
 def _parse_object(body: bytes, what: str) -> dict:
-    from parity.serving.transport.http_codec import _json
-
-    doc = _json(body, what)
+    doc = parse_json(body, what)
     if type(doc) is not dict:
         raise InvalidInput(f"{what} must be a JSON object")
     return doc
@@ -742,4 +798,4 @@ _MODEL = {
     b"stats": (_GET, HttpConnection._m_stats),
 }
 
-__all__ = ["HttpTransport", "HttpConnection", "PayloadTooLarge"]
+__all__ = ["HttpConnection", "HttpTransport"]
