@@ -57,10 +57,10 @@ class Server:
         failures = await self.repository.load_all()
         for f in failures:
             log.error("not serving %s", f)
+        self.core.started = True
         if shared_ports:
             for t in self.transports:
                 await t.start()
-        self.core.started = True
         if cfg.model_control_mode == "poll" and cfg.repository_poll_secs > 0:
             self._tasks.append(asyncio.create_task(self._poll_forever()))
         self._setup_worker_metrics()
