@@ -11,7 +11,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# the CPU build of PyTorch first, so the project's torch range installs nothing more
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	# perf_analyzer's shared libraries (Debian's libb64, the CUDA runtime stub from PyPI)
+	PYTHON="$(abspath $(PY))" bash bench/setup.sh
 	touch $(STAMP)
 
 install: $(STAMP)

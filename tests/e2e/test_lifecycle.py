@@ -115,6 +115,8 @@ def test_two_workers_share_the_ports_and_the_metrics(tmp_path):
             if line.endswith(" 40") or time.monotonic() > deadline:
                 break
         assert line.endswith(" 40"), text
+        stats = httpclient.InferenceServerClient(server.http_url).get_inference_statistics("m")["model_stats"][0]
+        assert stats["inference_count"] == 80  # 40 requests of 2 rows, summed over both workers
         for line in server.output().splitlines():
             if "serving 1 model" in line:
                 pids.add(line.split("[")[1].split("]")[0])

@@ -92,23 +92,30 @@ class Server:
 
         async def publish():
             while True:
-                data = json.dumps(metrics.to_json(self.core.metric_families()))
+                data = json.dumps({"metrics": metrics.to_json(self.core.metric_families()), "stats": self.core.model_statistics(local=True)})
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(data)
                 os.replace(tmp, path)
                 await asyncio.sleep(1.0)
 
-        def others() -> list:
-            fams: list = []
+        def others() -> list[dict]:
+            docs = []
             for p in Path(mdir).glob("worker-*.json"):
                 if p != path:
                     try:
-                        metrics.merge(fams, metrics.from_json(json.loads(p.read_text())))
+                        docs.append(json.loads(p.read_text()))
                     except (OSError, ValueError):
-                        pass  # a worker mid-write or gone: skip this scrape
+                        pass  # a worker gone or its file unreadable: skip it this time
+            return docs
+
+        def other_metrics() -> list:
+            fams: list = []
+            for doc in others():
+                metrics.merge(fams, metrics.from_json(doc["metrics"]))
             return fams
 
-        self.core.extra_metrics.append(others)
+        self.core.extra_metrics.append(other_metrics)
+        self.core.extra_stats.append(lambda: [st for doc in others() for st in doc["stats"]])
         self._tasks.append(asyncio.create_task(publish()))
 
     def request_stop(self) -> None:

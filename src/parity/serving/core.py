@@ -124,6 +124,7 @@ class InferenceCore:
         self.started = False
         self.server_failures: dict[str, int] = {"not_found": 0, "bad_input": 0, "rejected": 0}
         self.extra_metrics: list = []  # callables returning Families (other workers, later issues)
+        self.extra_stats: list = []  # callables returning statistics dicts of other workers
 
     @staticmethod
     def _build_plan(version: Version) -> None:
@@ -222,15 +223,28 @@ class InferenceCore:
         the gRPC transport parses the same dict into the ModelConfig message."""
         return triton_config(self.repository.lookup(name, version).config)
 
-    def model_statistics(self, name: str = "", version: str = "") -> list[dict]:
+    def model_statistics(self, name: str = "", version: str = "", *, local: bool = False) -> list[dict]:
+        """Statistics of the served versions; with several workers, summed over all of them
+        (`local` gives this process's own)."""
         if name:
             if version:
-                return [self.repository.lookup(name, version).stats.to_dict()]
-            model = self.repository.models.get(name)
-            if model is None:
-                raise NotFound(f"unknown model '{name}'")
-            return [v.stats.to_dict() for _, v in sorted(model.versions.items())]
-        return [v.stats.to_dict() for m in self.repository.models.values() for _, v in sorted(m.versions.items())]
+                own = [self.repository.lookup(name, version).stats.to_dict()]
+            else:
+                model = self.repository.models.get(name)
+                if model is None:
+                    raise NotFound(f"unknown model '{name}'")
+                own = [v.stats.to_dict() for _, v in sorted(model.versions.items())]
+        else:
+            own = [v.stats.to_dict() for m in self.repository.models.values() for _, v in sorted(m.versions.items())]
+        if local or not self.extra_stats:
+            return own
+        by_key = {(st["name"], st["version"]): st for st in own}
+        for source in self.extra_stats:
+            for st in source():
+                mine = by_key.get((st["name"], st["version"]))
+                if mine is not None:
+                    stats_mod.add_statistics(mine, st)
+        return own
 
     def repository_index(self, ready_only: bool = False) -> list[dict]:
         return self.repository.index(ready_only)

@@ -106,6 +106,28 @@ class VersionStats:
         }
 
 
+def add_statistics(into: dict, other: dict) -> dict:
+    """Add another process's statistics of the same model version into `into` (in place)."""
+    into["last_inference"] = max(into["last_inference"], other["last_inference"])
+    into["inference_count"] += other["inference_count"]
+    into["execution_count"] += other["execution_count"]
+    for key, d in other["inference_stats"].items():
+        mine = into["inference_stats"].setdefault(key, {"count": 0, "ns": 0})
+        mine["count"] += d["count"]
+        mine["ns"] += d["ns"]
+    sizes = {b["batch_size"]: b for b in into["batch_stats"]}
+    for b in other["batch_stats"]:
+        mine = sizes.get(b["batch_size"])
+        if mine is None:
+            into["batch_stats"].append(b)
+            continue
+        for key in ("compute_input", "compute_infer", "compute_output"):
+            mine[key]["count"] += b[key]["count"]
+            mine[key]["ns"] += b[key]["ns"]
+    into["batch_stats"].sort(key=lambda b: b["batch_size"])
+    return into
+
+
 def families(all_stats: list[VersionStats], server_failures: dict[str, int], load_events: dict) -> list[Family]:
     """Prometheus families for every model version (labels: model, version[, reason])."""
     f = {
