@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from parity._proto.inference import grpc_service_pb2 as pb
 from parity._proto.inference import grpc_service_pb2_grpc as pb_grpc
-from parity.testing.models import mlp_config, mlp_reference, write_config, write_mlp_onnx
+from parity.testing.models import mlp_config, mlp_reference, write_add_onnx, write_config, write_identity_onnx, write_mlp_onnx
 from parity.testing.server import ServerProcess
 
 SIZES = [16, 32, 32, 4]
@@ -30,43 +30,6 @@ MAX_BODY = 1 << 20  # the server's message limit in this module
 
 
 # -- models ---------------------------------------------------------------------------------------------
-
-
-def _save(graph, path):
-    import onnx
-    from onnx import helper
-
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-
-
-def write_identity_onnx(path, elem_type, dims):
-    """OUT = Identity(IN), with symbolic dimensions (variable sizes)."""
-    from onnx import helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["IN"], ["OUT"])],
-        "identity",
-        [helper.make_tensor_value_info("IN", elem_type, dims)],
-        [helper.make_tensor_value_info("OUT", elem_type, dims)],
-    )
-    _save(graph, path)
-
-
-def write_add_onnx(path, width):
-    """SUM = A + B, two FP32 inputs [batch, width]."""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["A", "B"], ["SUM"])],
-        "add",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", width]) for n in ("A", "B")],
-        [helper.make_tensor_value_info("SUM", TensorProto.FLOAT, ["batch", width])],
-    )
-    _save(graph, path)
 
 
 def build_repository(root):

@@ -17,7 +17,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from parity.testing.models import mlp_config, mlp_reference, write_config, write_mlp_onnx
+from parity.testing.models import mlp_config, mlp_reference, write_add_onnx, write_config, write_identity_onnx, write_mlp_onnx
 from parity.testing.server import ServerProcess
 
 SIZES = [16, 32, 32, 4]
@@ -27,41 +27,6 @@ MAX_BODY = 1 << 20  # the server's body limit in this module
 
 
 # -- models ---------------------------------------------------------------------------------------------
-
-
-def _save(graph, path):
-    import onnx
-    from onnx import helper
-
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-
-
-def write_identity_onnx(path, elem_type, dims):
-    from onnx import helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["IN"], ["OUT"])],
-        "identity",
-        [helper.make_tensor_value_info("IN", elem_type, dims)],
-        [helper.make_tensor_value_info("OUT", elem_type, dims)],
-    )
-    _save(graph, path)
-
-
-def write_add_onnx(path, width):
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["A", "B"], ["SUM"])],
-        "add",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", width]) for n in ("A", "B")],
-        [helper.make_tensor_value_info("SUM", TensorProto.FLOAT, ["batch", width])],
-    )
-    _save(graph, path)
 
 
 def build_repository(root: Path):

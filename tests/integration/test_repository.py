@@ -268,3 +268,28 @@ def test_without_dynamic_batching_each_request_runs_alone(tmp_path):
         await repo.close()
 
     run(main())
+
+
+def test_a_broken_config_is_refused_naming_file_and_field_and_others_still_serve(tmp_path):
+    write_mlp_onnx(tmp_path / "good" / "1" / "model.onnx", SIZES)
+    write_config(tmp_path / "good", mlp_config(SIZES))
+    write_mlp_onnx(tmp_path / "bad" / "1" / "model.onnx", SIZES)
+    cfg = mlp_config(SIZES)
+    cfg["dynamic_batching"] = {"max_queue_delay_us": 5}
+    write_config(tmp_path / "bad", cfg)
+
+    async def main():
+        core, repo = make_core(tmp_path)
+        failures = await repo.load_all()
+        assert len(failures) == 1
+        assert f"{tmp_path / 'bad' / 'config.yaml'}: dynamic_batching.max_queue_delay_us: unknown field" in failures[0]
+        (entry,) = [e for e in repo.index() if e["name"] == "bad"]
+        assert entry["state"] == "UNAVAILABLE" and "max_queue_delay_us" in entry["reason"]
+        assert not core.ready  # strict readiness: every model in the repository must be ready
+        r = await core.infer(request("good", np.zeros((1, 8), np.float32)))
+        assert r.outputs[0].shape == (1, 2)
+        with pytest.raises(Unavailable, match="max_queue_delay_us"):
+            await core.infer(request("bad", np.zeros((1, 8), np.float32)))
+        await repo.close()
+
+    run(main())

@@ -127,3 +127,25 @@ def test_many_rows_requests_are_never_split():
         b.put((), It(16))
     assert rows(b.take(now=0).batch) == [16, 16, 16, 16]
     assert rows(b.take(now=0).batch) == [16]
+
+
+def test_full_only_takes_a_batch_only_when_it_cannot_grow():
+    b = Batcher(max_batch_size=8, max_queue_delay=1.0)
+    for _ in range(3):
+        b.put((), It(2))
+    d = b.take(now=0.0, full_only=True)
+    assert d.batch == [] and d.wait_until is None  # 6 rows could still grow to 8
+    b.put((), It(2))
+    assert rows(b.take(now=0.0, full_only=True).batch) == [2, 2, 2, 2]
+    assert b.rows == 0
+
+
+def test_queued_rows_are_counted_through_puts_takes_and_drops():
+    b = Batcher(max_batch_size=4)
+    a = It(3)
+    b.put((), a)
+    b.put((), It(2))
+    assert b.rows == 5
+    a.live = False
+    assert rows(b.take(now=0).batch) == [2]
+    assert b.rows == 0

@@ -61,6 +61,7 @@ class Batcher:
         self.max_queue_size = max_queue_size
         self._queues: dict[Hashable, deque] = {}
         self._count = 0  # queued items, including dead ones not yet purged
+        self.rows = 0  # their rows
 
     def __len__(self) -> int:
         return self._count
@@ -79,22 +80,30 @@ class Batcher:
             q = self._queues[signature] = deque()
         q.append(item)
         self._count += 1
+        self.rows += item.rows
 
     def _purge(self) -> None:
         for sig, q in self._queues.items():
             live = deque(it for it in q if it.alive())
             self._count -= len(q) - len(live)
+            self.rows -= sum(it.rows for it in q) - sum(it.rows for it in live)
             self._queues[sig] = live
 
-    def take(self, now: float) -> Decision:
-        """Decide what a free runner instance runs now."""
+    def take(self, now: float, *, full_only: bool = False) -> Decision:
+        """Decide what a free runner instance runs now.  With `full_only` (a busy runner that
+        could queue one more batch behind the running one) only a batch that cannot grow any
+        more is taken, and nothing is waited for."""
         decision = Decision()
         queue = self._oldest_queue(now, decision.expired)
         if queue is None:
             return decision
         head = queue[0]
         limit = self.max_batch_size
-        if self.preferred or self.max_queue_delay > 0:
+        if full_only:
+            sizes, full = self._reachable_sizes(queue, now)
+            if not (full or (sizes and sizes[-1] == self.max_batch_size)):
+                return decision
+        elif self.preferred or self.max_queue_delay > 0:
             sizes, full = self._reachable_sizes(queue, now)
             hit = next((p for p in reversed(self.preferred) if p in sizes), None)
             if hit is not None:
@@ -110,16 +119,19 @@ class Batcher:
             if not it.alive():
                 queue.popleft()
                 self._count -= 1
+                self.rows -= it.rows
                 continue
             if it.deadline is not None and it.deadline <= now:
                 queue.popleft()
                 self._count -= 1
+                self.rows -= it.rows
                 decision.expired.append(it)
                 continue
             if rows + it.rows > limit:
                 break
             queue.popleft()
             self._count -= 1
+            self.rows -= it.rows
             batch.append(it)
             rows += it.rows
         return decision
@@ -133,9 +145,11 @@ class Batcher:
                 if not it.alive():
                     q.popleft()
                     self._count -= 1
+                    self.rows -= it.rows
                 elif it.deadline is not None and it.deadline <= now:
                     q.popleft()
                     self._count -= 1
+                    self.rows -= it.rows
                     expired.append(it)
                 else:
                     break

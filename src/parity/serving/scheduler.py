@@ -45,11 +45,12 @@ class Pending:
 
 
 class Instance:
-    __slots__ = ("runner", "executor")
+    __slots__ = ("runner", "executor", "inflight")
 
     def __init__(self, runner: Runner, threaded: bool):
         self.runner = runner
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="parity-runner") if threaded else None
+        self.inflight = 0  # batches handed to its thread: one running, at most one queued behind
 
 
 class Scheduler:
@@ -74,6 +75,9 @@ class Scheduler:
         always_inline = inline_max_rows >= max(config.max_batch_size, 1)
         self.instances = [Instance(r, threaded=not always_inline) for r in runners]
         self.free = list(self.instances)
+        # Threaded instances running one batch: a full batch may be queued behind it, so the
+        # runner starts it the moment it finishes instead of waiting for the event loop.
+        self.stageable: list[Instance] = []
         self.running = 0
         self._drain_handle: asyncio.Handle | None = None
         self._wake_handle: asyncio.TimerHandle | None = None
@@ -98,7 +102,7 @@ class Scheduler:
         self._idle.clear()
         if deadline is not None:
             item.timer = loop.call_at(deadline, self._expire, item)
-        if self.free and self._drain_handle is None:
+        if self._drain_handle is None and (self.free or (self.stageable and self.batcher.rows >= self.config.max_batch_size)):
             self._drain_handle = loop.call_soon(self._drain)
         return fut
 
@@ -121,9 +125,7 @@ class Scheduler:
         while self.free:
             now = loop.time()
             decision = self.batcher.take(now)
-            for item in decision.expired:
-                if not item.future.done():
-                    item.future.set_exception(DeadlineExceeded(self._deadline_message()))
+            self._fail_expired(decision.expired)
             batch = decision.batch
             if not batch:
                 if decision.wait_until is not None:
@@ -141,8 +143,46 @@ class Scheduler:
                     result = e
                 self._complete(instance, batch, result)
             else:
-                cf = instance.executor.submit(self._execute, instance.runner, batch)
-                cf.add_done_callback(lambda f, i=instance, b=batch: loop.call_soon_threadsafe(self._complete_future, i, b, f))
+                instance.inflight = 1
+                self.stageable.append(instance)
+                self._hand_to_thread(instance, batch)
+        while self.stageable and self.batcher.rows >= self.config.max_batch_size:
+            decision = self.batcher.take(loop.time(), full_only=True)
+            self._fail_expired(decision.expired)
+            if not decision.batch:
+                return
+            instance = self.stageable.pop()
+            instance.inflight = 2
+            self.running += 1
+            self._hand_to_thread(instance, decision.batch)
+
+    def _hand_to_thread(self, instance: Instance, batch: list[Pending]) -> None:
+        """Stack on the loop, run in the instance's thread, split back on the loop: the thread
+        never waits for the GIL while the loop is busy with I/O."""
+        loop = self.loop
+        t_start = time.perf_counter_ns()
+        try:
+            inputs, outputs, rows = self._prepare(batch)
+        except BaseException as e:
+            instance.inflight -= 1
+            if instance.inflight == 0:
+                self.stageable.remove(instance)
+                self.free.append(instance)
+            else:
+                self.stageable.append(instance)  # it was taken off the list to stage this batch
+            self.running -= 1
+            self._fail_batch(batch, e)
+            return
+        in_ns = time.perf_counter_ns() - t_start
+        cf = instance.executor.submit(self._run_timed, instance.runner, inputs, outputs)
+        cf.add_done_callback(
+            lambda f: loop.call_soon_threadsafe(self._complete_future, instance, batch, f, outputs, rows, t_start, in_ns)
+        )
+
+    def _fail_expired(self, expired: list[Pending]) -> None:
+        for item in expired:
+            if not item.future.done():
+                item.future.set_exception(DeadlineExceeded(self._deadline_message()))
 
     def _wake(self, at: float) -> None:
         if self._wake_handle is not None and self._wake_at is not None and self._wake_at <= at:
@@ -157,9 +197,8 @@ class Scheduler:
         if self._drain_handle is None:
             self._drain()
 
-    def _execute(self, runner: Runner, batch: list[Pending]):
-        """Stack, run, split: returns (per-request outputs, timings).  Runs inline or in a thread."""
-        t_start = time.perf_counter_ns()
+    def _prepare(self, batch: list[Pending]) -> tuple[list[np.ndarray], list[str], int]:
+        """Stack the requests' inputs into one batch; the outputs any of them asked for."""
         first = batch[0]
         if len(batch) == 1 or not self.concat:
             inputs = first.inputs
@@ -171,30 +210,52 @@ class Scheduler:
             for it in batch[1:]:
                 wanted.update(it.outputs)
             outputs = [n for n in self.config_output_names if n in wanted]
+        return inputs, outputs, self._stats_rows(batch, inputs)
+
+    def _stats_rows(self, batch: list[Pending], inputs: list[np.ndarray]) -> int:
+        if not self.concat and self.config.batching and inputs:
+            return inputs[0].shape[0]  # a batching model without dynamic batching: the request's own batch
+        return sum(it.rows for it in batch)
+
+    def _split(self, batch: list[Pending], outputs: list[str], results: list[np.ndarray]) -> list[dict]:
+        """Each request's slice of the batch's outputs (views, no copies)."""
+        if len(batch) == 1:
+            out = dict(zip(outputs, results))
+            if self.concat:
+                rows = batch[0].rows
+                for name, arr in out.items():
+                    if arr.ndim == 0 or arr.shape[0] != rows:
+                        raise InternalError(self._rows_message(name, arr, rows))
+            return [out]
+        rows = sum(it.rows for it in batch)
+        for name, arr in zip(outputs, results):
+            if arr.ndim == 0 or arr.shape[0] != rows:
+                raise InternalError(self._rows_message(name, arr, rows))
+        per_request = []
+        start = 0
+        for it in batch:
+            end = start + it.rows
+            per_request.append({name: arr[start:end] for name, arr in zip(outputs, results)})
+            start = end
+        return per_request
+
+    def _execute(self, runner: Runner, batch: list[Pending]):
+        """Stack, run, split, on the event loop: (per-request outputs, timings, rows)."""
+        t_start = time.perf_counter_ns()
+        inputs, outputs, rows = self._prepare(batch)
         t_in = time.perf_counter_ns()
         results = runner.run(inputs, outputs)
         t_run = time.perf_counter_ns()
-        rows = sum(it.rows for it in batch)
-        per_request: list[dict] = []
-        if len(batch) == 1:
-            per_request.append(dict(zip(outputs, results)))
-            if self.concat:
-                for name, arr in per_request[0].items():
-                    if arr.ndim == 0 or arr.shape[0] != rows:
-                        raise InternalError(self._rows_message(name, arr, rows))
-        else:
-            for name, arr in zip(outputs, results):
-                if arr.ndim == 0 or arr.shape[0] != rows:
-                    raise InternalError(self._rows_message(name, arr, rows))
-            start = 0
-            for it in batch:
-                end = start + it.rows
-                per_request.append({name: arr[start:end] for name, arr in zip(outputs, results)})
-                start = end
+        per_request = self._split(batch, outputs, results)
         t_out = time.perf_counter_ns()
-        if not self.concat and self.config.batching and inputs:
-            rows = inputs[0].shape[0]  # a batching model without dynamic batching: the request's own batch
         return per_request, (t_start, t_in - t_start, t_run - t_in, t_out - t_run), rows
+
+    @staticmethod
+    def _run_timed(runner: Runner, inputs: list[np.ndarray], outputs: list[str]):
+        """The only work done in a runner's thread: the model itself (the runtimes release the GIL)."""
+        t = time.perf_counter_ns()
+        results = runner.run(inputs, outputs)
+        return results, time.perf_counter_ns() - t
 
     def _rows_message(self, name, arr, rows) -> str:
         return (
@@ -206,21 +267,42 @@ class Scheduler:
     def config_output_names(self) -> list[str]:
         return [t.name for t in self.config.outputs]
 
-    def _complete_future(self, instance: Instance, batch: list[Pending], cf) -> None:
+    def _complete_future(self, instance: Instance, batch: list[Pending], cf, outputs, rows, t_start, in_ns) -> None:
         exc = cf.exception()
-        self._complete(instance, batch, exc if exc is not None else cf.result(), from_thread=True)
+        if exc is not None:
+            result = exc
+        else:
+            results, run_ns = cf.result()
+            t = time.perf_counter_ns()
+            try:
+                per_request = self._split(batch, outputs, results)
+                result = per_request, (t_start, in_ns, run_ns, time.perf_counter_ns() - t), rows
+            except BaseException as e:
+                result = e
+        self._complete(instance, batch, result, from_thread=True)
+
+    def _fail_batch(self, batch: list[Pending], exc: BaseException) -> None:
+        err = exc if isinstance(exc, ParityError) else InternalError(f"model '{self.stats.model}': {type(exc).__name__}: {exc}")
+        for it in batch:
+            if it.timer is not None:
+                it.timer.cancel()
+            if not it.future.done():
+                it.future.set_exception(err)
 
     def _complete(self, instance: Instance, batch: list[Pending], result, *, from_thread: bool = False) -> None:
         self.running -= 1
-        self.free.append(instance)
+        if not from_thread:
+            self.free.append(instance)
+        elif instance.inflight == 2:
+            instance.inflight = 1  # the batch queued behind this one is running now
+            self.stageable.append(instance)
+        else:
+            instance.inflight = 0
+            self.stageable.remove(instance)
+            self.free.append(instance)
         stats = self.stats
         if isinstance(result, BaseException):
-            err = result if isinstance(result, ParityError) else InternalError(f"model '{stats.model}': {type(result).__name__}: {result}")
-            for it in batch:
-                if it.timer is not None:
-                    it.timer.cancel()
-                if not it.future.done():
-                    it.future.set_exception(err)
+            self._fail_batch(batch, result)
         else:
             per_request, (t_start, in_ns, run_ns, out_ns), rows = result
             stats.record_batch(len(batch), rows, in_ns, run_ns, out_ns)
@@ -237,7 +319,7 @@ class Scheduler:
                     fut.set_result(outs if len(outs) == len(wanted) else {n: outs[n] for n in wanted})
         if from_thread and self._drain_handle is None:
             if len(self.batcher):
-                self._drain_handle = self.loop.call_soon(self._drain)
+                self._drain()  # already on the loop (call_soon_threadsafe): start the next batch now
             else:
                 self._check_idle()
 

@@ -28,7 +28,6 @@ def mlp_reference(x: np.ndarray, weights) -> np.ndarray:
 
 def write_mlp_onnx(path: Path, sizes: list[int], seed: int = 0, *, input_name="INPUT0", output_name="OUTPUT0", batch_dim="batch") -> list:
     """An MLP as an ONNX graph (MatMul, Add, Relu), built directly with onnx.helper."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     weights = mlp_weights(sizes, seed)
@@ -49,12 +48,46 @@ def write_mlp_onnx(path: Path, sizes: list[int], seed: int = 0, *, input_name="I
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch_dim, sizes[-1]])],
         inits,
     )
+    save_onnx_graph(graph, path)
+    return weights
+
+
+def save_onnx_graph(graph, path: Path) -> None:
+    """Wrap an onnx.helper graph in a model (opset 17), check it and save it."""
+    import onnx
+    from onnx import helper
+
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
-    return weights
+
+
+def write_identity_onnx(path: Path, elem_type: int, dims: list) -> None:
+    """OUT = Identity(IN) for an ONNX element type; string dims are symbolic (variable)."""
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["IN"], ["OUT"])],
+        "identity",
+        [helper.make_tensor_value_info("IN", elem_type, dims)],
+        [helper.make_tensor_value_info("OUT", elem_type, dims)],
+    )
+    save_onnx_graph(graph, path)
+
+
+def write_add_onnx(path: Path, width: int) -> None:
+    """SUM = A + B: two FP32 inputs of shape [batch, width]."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["A", "B"], ["SUM"])],
+        "add",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", width]) for n in ("A", "B")],
+        [helper.make_tensor_value_info("SUM", TensorProto.FLOAT, ["batch", width])],
+    )
+    save_onnx_graph(graph, path)
 
 
 def write_config(model_dir: Path, config: dict) -> None:
