@@ -293,3 +293,37 @@ def test_a_broken_config_is_refused_naming_file_and_field_and_others_still_serve
         await repo.close()
 
     run(main())
+
+
+def test_callback_submissions_are_answered_without_a_future_and_can_be_cancelled(tmp_path):
+    w = write_mlp_onnx(tmp_path / "m" / "1" / "model.onnx", SIZES)
+    write_config(tmp_path / "m", mlp_config(SIZES, max_batch_size=4, preferred_batch_size=[4], max_queue_delay_microseconds=10_000_000))
+
+    async def main():
+        core, repo = make_core(tmp_path)
+        await repo.load_all()
+        answered = []
+
+        def done(ticket):
+            plan, t0 = ticket.context
+            try:
+                answered.append(core.finish(InferRequest("m"), plan, t0, ticket.result()))
+            except BaseException as e:
+                answered.append(core.fail(plan, t0, e))
+
+        x = np.random.default_rng(5).standard_normal((1, 8)).astype(np.float32)
+        gone = core.submit(request("m", x), done)[0]
+        gone.cancel()  # its client went away: answered at once, dropped from the queue
+        assert answered[0].reason == "cancelled"
+        tickets = [core.submit(request("m", x), done)[0] for _ in range(4)]
+        for _ in range(100):
+            if all(t.done() for t in tickets):
+                break
+            await asyncio.sleep(0.01)
+        assert len(answered) == 5
+        for r in answered[1:]:
+            np.testing.assert_allclose(r.outputs[0].data, mlp_reference(x, w), rtol=1e-5, atol=1e-5)
+        assert core.model_statistics("m")[0]["inference_count"] == 4
+        await repo.close()
+
+    run(main())

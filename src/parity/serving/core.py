@@ -132,9 +132,11 @@ class InferenceCore:
 
     # -- inference --------------------------------------------------------------------------------
 
-    def submit(self, req: InferRequest) -> tuple[asyncio.Future, Plan, int]:
-        """Validate and queue a request; the future resolves to {output name: array}.
-        Errors raised here are counted by `fail`."""
+    def submit(self, req: InferRequest, callback=None) -> tuple:
+        """Validate and queue a request: (future, plan, t0); the future resolves to
+        {output name: array}.  With `callback`, a `Ticket` replaces the future and the callback
+        gets it when the request is answered (no event-loop round trip).  Errors raised here
+        are already counted."""
         t0 = time.perf_counter_ns()
         if self.draining or not self.started:
             self.server_failures["rejected"] += 1
@@ -154,10 +156,12 @@ class InferenceCore:
                 dyn = plan.config.dynamic_batching
                 if dyn is not None and dyn.default_timeout_microseconds:
                     deadline = version.scheduler.loop.time() + dyn.default_timeout_microseconds * 1e-6
-            fut = plan.scheduler.submit(signature, rows, arrays, outputs, deadline, t0)
+            fut = plan.scheduler.submit(signature, rows, arrays, outputs, deadline, t0, callback)
         except ParityError as e:
             plan.stats.record_failure(e.reason, time.perf_counter_ns() - t0)
             raise
+        if callback is not None:
+            fut.context = (plan, t0)
         return fut, plan, t0
 
     def finish(self, req: InferRequest, plan: Plan, t0: int, outputs: dict) -> InferResponse:

@@ -9,9 +9,10 @@ at warm-up.  Outputs are split back to each request by its rows.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Hashable
+from typing import Callable, Hashable
 
 import numpy as np
 
@@ -20,6 +21,8 @@ from parity.errors import DeadlineExceeded, InternalError, ParityError, Unavaila
 from parity.serving.batcher import Batcher, QueueFull
 from parity.serving.runners.base import Runner
 from parity.serving.stats import VersionStats
+
+log = logging.getLogger("parity.scheduler")
 
 DEFAULT_MAX_QUEUE_SIZE = 1024  # requests, when a config leaves max_queue_size at 0
 INLINE_THRESHOLD_S = 0.00015  # batches whose measured run time is below this run inline on the loop
@@ -42,6 +45,52 @@ class Pending:
 
     def alive(self) -> bool:
         return not self.future.done()
+
+
+class Ticket:
+    """A request's completion as a plain callback: what a transport that answers from callbacks
+    (HTTP) uses instead of an asyncio future.  The callback runs as soon as the batch is split,
+    on the event loop, with this ticket; it must not raise (its errors are logged, not spread)."""
+
+    __slots__ = ("_callback", "_done", "_result", "_exc", "context")
+
+    def __init__(self, callback: Callable[["Ticket"], None]):
+        self._callback = callback
+        self.context = None  # set by the core: (plan, t0) for finish / fail
+        self._done = False
+        self._result = None
+        self._exc: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def result(self):
+        if self._exc is not None:
+            raise self._exc
+        return self._result
+
+    def _fire(self) -> None:
+        try:
+            self._callback(self)
+        except Exception:
+            log.exception("a completion callback failed")
+
+    def set_result(self, value) -> None:
+        self._done = True
+        self._result = value
+        self._fire()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._done = True
+        self._exc = exc
+        self._fire()
+
+    def cancel(self) -> bool:
+        """The client went away: the request leaves its queue; the callback sees CancelledError."""
+        if self._done:
+            return False
+        self.set_exception(asyncio.CancelledError())
+        return True
 
 
 class Instance:
@@ -88,9 +137,13 @@ class Scheduler:
 
     # -- request side -------------------------------------------------------------------------
 
-    def submit(self, signature: Hashable, rows: int, inputs: list[np.ndarray], outputs: list[str], deadline: float | None, t0: int) -> asyncio.Future:
+    def submit(
+        self, signature: Hashable, rows: int, inputs: list[np.ndarray], outputs: list[str], deadline: float | None, t0: int,
+        callback: Callable[[Ticket], None] | None = None,
+    ) -> asyncio.Future | Ticket:
+        """Queue a request.  Returns an asyncio future, or with `callback` a `Ticket` that calls it."""
         loop = self.loop
-        fut = loop.create_future()
+        fut = loop.create_future() if callback is None else Ticket(callback)
         item = Pending(rows if self.concat else 1, loop.time(), deadline, inputs, outputs, fut, t0)
         try:
             self.batcher.put(signature, item)

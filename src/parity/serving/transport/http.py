@@ -471,16 +471,17 @@ class HttpConnection(asyncio.Protocol):
             req, binary_default, binary_map = decode_infer_request(
                 body, headers.get(b"inference-header-content-length"), model, version, self.loop.time()
             )
-            fut, plan, t0 = core.submit(req)
+            done = partial(self._infer_done, seq, tail, req, binary_default, binary_map, headers.get(b"accept-encoding"))
+            ticket = core.submit(req, done)[0]
         except ParityError as e:
             self._error(seq, tail, e)
             return
-        accept = headers.get(b"accept-encoding")
-        self.pending[seq] = fut
-        fut.add_done_callback(partial(self._infer_done, seq, tail, req, plan, t0, binary_default, binary_map, accept))
+        self.pending[seq] = ticket
 
-    def _infer_done(self, seq, tail, req, plan, t0, binary_default, binary_map, accept, fut) -> None:
+    def _infer_done(self, seq, tail, req, binary_default, binary_map, accept, fut) -> None:
+        """Called by the scheduler (through the request's ticket) when the request is answered."""
         core = self.core
+        plan, t0 = fut.context
         self.pending.pop(seq, None)
         try:
             outputs = fut.result()
@@ -725,9 +726,10 @@ class HttpConnection(asyncio.Protocol):
         self.finished = True
         self.closing = True
         transport = self.transport
-        for fut in self.pending.values():
-            fut.cancel()
+        pending = self.pending
         self.pending = {}
+        for fut in pending.values():
+            fut.cancel()  # answered at once through its callback, which finds nothing more to send
         self.ready.clear()
         self.backlog.clear()
         if not self.eof and transport.can_write_eof():
