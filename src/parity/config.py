@@ -329,6 +329,10 @@ class ServerConfig:
     max_header_bytes: int = 64 * 1024
     admin_token: str = ""  # required by repository load/unload; empty = those endpoints refuse
     drain_timeout_secs: float = 30.0
+    # HTTP: a keep-alive connection with nothing in flight is closed after this long idle, and
+    # one that stalls in the middle of a request (no bytes) after request_timeout_secs.
+    keepalive_timeout_secs: float = 75.0
+    request_timeout_secs: float = 60.0
     grpc_transport: str = "grpcio"
     server_name: str = "parity"
     log_level: str = "info"
@@ -338,6 +342,7 @@ _SERVER_FIELDS = {
     "model_repository": str, "host": str, "http_port": int, "grpc_port": int, "workers": int,
     "model_control_mode": str, "repository_poll_secs": (int, float), "max_body_bytes": int,
     "max_header_bytes": int, "admin_token": str, "drain_timeout_secs": (int, float),
+    "keepalive_timeout_secs": (int, float), "request_timeout_secs": (int, float),
     "grpc_transport": str, "server_name": str, "log_level": str,
 }  # fmt: skip
 
@@ -369,6 +374,9 @@ def load_server_config(path: Path | None, overrides: dict[str, Any]) -> ServerCo
         raise ConfigError(source, "model_control_mode", "must be none, poll or explicit")
     if cfg.grpc_transport not in ("grpcio",):
         raise ConfigError(source, "grpc_transport", "must be grpcio")
+    for secs in ("keepalive_timeout_secs", "request_timeout_secs", "drain_timeout_secs"):
+        if getattr(cfg, secs) <= 0:
+            raise ConfigError(source, secs, "must be > 0 seconds")
     if cfg.max_body_bytes < 1024:
         raise ConfigError(source, "max_body_bytes", "must be at least 1024")
     return cfg

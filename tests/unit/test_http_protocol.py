@@ -561,3 +561,40 @@ def test_stop_finishes_in_flight_requests_and_closes_idle_connections(repo):
         busy.close()
     finally:
         s.close()
+
+
+def _closed_within(sock, seconds: float) -> bool:
+    """True when the server closes (or resets) the connection within `seconds`."""
+    sock.settimeout(seconds)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_idle_and_stalled_connections_are_closed(repo):
+    s = ServerThread(repo[0], keepalive_timeout_secs=1.0, request_timeout_secs=1.0)
+    try:
+        idle = socket.create_connection(("127.0.0.1", s.port))
+        answered = socket.create_connection(("127.0.0.1", s.port))
+        answered.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answered.recv(65536).startswith(b"HTTP/1.1 200")
+        stalled = socket.create_connection(("127.0.0.1", s.port))
+        stalled.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        for sock in (idle, answered, stalled):
+            assert _closed_within(sock, 5.0)
+            sock.close()
+        # a busy keep-alive connection is not closed while it keeps talking
+        busy = socket.create_connection(("127.0.0.1", s.port))
+        for _ in range(5):
+            busy.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert busy.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(0.5)
+        busy.close()
+    finally:
+        s.close()

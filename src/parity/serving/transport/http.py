@@ -110,6 +110,7 @@ class HttpTransport:
         self._date_timer: asyncio.TimerHandle | None = None
         self._closed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        self.now = 0.0  # the loop's clock at the last one-second tick
         self._update_date()
 
     async def start(self) -> None:
@@ -130,9 +131,27 @@ class HttpTransport:
     def _schedule_date(self, loop) -> None:
         def tick():
             self._update_date()
+            self.now = loop.time()
+            self._close_idle()
             self._date_timer = loop.call_at(loop.time() + 1.0 - time.time() % 1.0, tick)
 
         tick()
+
+    def _close_idle(self) -> None:
+        """Once a second: close keep-alive connections idle past keepalive_timeout_secs, and
+        connections stalled mid-request (no bytes) past request_timeout_secs.  Connections only
+        note the time of their last read (the clock is this tick's), so reads pay nothing more."""
+        now = self.now
+        keepalive, stalled = self.config.keepalive_timeout_secs, self.config.request_timeout_secs
+        for conn in list(self.connections):
+            if conn.transport is None or conn.closing:
+                continue
+            quiet = now - conn.last_active
+            if conn.in_message or conn.header_bytes:
+                if quiet > stalled:
+                    conn.abort()
+            elif not conn.pending and conn.send_seq == conn.next_seq and quiet > keepalive:
+                conn.abort()  # nothing in flight, nothing half-read: nothing is lost
 
     def spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -181,6 +200,7 @@ class HttpConnection(asyncio.Protocol):
         "headers",
         "in_message",
         "interim",
+        "last_active",
         "linger_timer",
         "loop",
         "max_body",
@@ -234,8 +254,10 @@ class HttpConnection(asyncio.Protocol):
             transport.close()
             return
         owner.connections.add(self)
+        self.last_active = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = self.owner.now
         if self.closing:
             return  # nothing more is read: a closing answer is queued or lingering
         try:
