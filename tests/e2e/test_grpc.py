@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from parity._proto.inference import grpc_service_pb2 as pb
 from parity._proto.inference import grpc_service_pb2_grpc as pb_grpc
-from parity.testing.models import mlp_config, mlp_reference, write_add_onnx, write_config, write_identity_onnx, write_mlp_onnx
+from parity.testing.models import mlp_config, mlp_reference, write_add_model, write_config, write_identity_onnx, write_mlp_onnx
 from parity.testing.server import ServerProcess
 
 SIZES = [16, 32, 32, 4]
@@ -67,17 +67,7 @@ def build_repository(root):
             "outputs": [{"name": "OUT", "datatype": "BYTES", "shape": [-1]}],
         },
     )
-    write_add_onnx(root / "add" / "1" / "model.onnx", 4)
-    write_config(
-        root / "add",
-        {
-            "platform": "onnxruntime_onnx",
-            "max_batch_size": MAX_BATCH,
-            "inputs": [{"name": n, "datatype": "FP32", "shape": [4]} for n in ("A", "B")],
-            "outputs": [{"name": "SUM", "datatype": "FP32", "shape": [4]}],
-            "dynamic_batching": {},
-        },
-    )
+    write_add_model(root, width=4, max_batch_size=MAX_BATCH)
     return weights
 
 

@@ -17,7 +17,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from parity.testing.models import mlp_config, mlp_reference, write_add_onnx, write_config, write_identity_onnx, write_mlp_onnx
+from parity.testing.models import mlp_config, mlp_reference, write_add_model, write_config, write_identity_onnx, write_mlp_onnx
 from parity.testing.server import ServerProcess
 
 SIZES = [16, 32, 32, 4]
@@ -63,17 +63,7 @@ def build_repository(root: Path):
             "dynamic_batching": {},
         },
     )
-    write_add_onnx(root / "add" / "1" / "model.onnx", 4)
-    write_config(
-        root / "add",
-        {
-            "platform": "onnxruntime_onnx",
-            "max_batch_size": MAX_BATCH,
-            "inputs": [{"name": n, "datatype": "FP32", "shape": [4]} for n in ("A", "B")],
-            "outputs": [{"name": "SUM", "datatype": "FP32", "shape": [4]}],
-            "dynamic_batching": {},
-        },
-    )
+    write_add_model(root, width=4, max_batch_size=MAX_BATCH)
     return weights
 
 
@@ -97,7 +87,6 @@ def served(tmp_path_factory):
     finally:
         rc = server.stop()
         output = server.output()
-        server._log.close()  # ServerProcess leaves its log file open (a ResourceWarning under -W error)
         Path(server._log.name).unlink(missing_ok=True)
     assert rc == 0, output
     assert "Traceback" not in output, output

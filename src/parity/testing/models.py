@@ -90,6 +90,21 @@ def write_add_onnx(path: Path, width: int) -> None:
     save_onnx_graph(graph, path)
 
 
+def write_add_model(root: Path, width: int = 4, max_batch_size: int = 8, name: str = "add") -> None:
+    """A two-input model (SUM = A + B, FP32 [batch, width]) with its config, dynamic batching on."""
+    write_add_onnx(root / name / "1" / "model.onnx", width)
+    write_config(
+        root / name,
+        {
+            "platform": "onnxruntime_onnx",
+            "max_batch_size": max_batch_size,
+            "inputs": [{"name": n, "datatype": "FP32", "shape": [width]} for n in ("A", "B")],
+            "outputs": [{"name": "SUM", "datatype": "FP32", "shape": [width]}],
+            "dynamic_batching": {},
+        },
+    )
+
+
 def write_config(model_dir: Path, config: dict) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
