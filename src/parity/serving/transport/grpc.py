@@ -356,8 +356,10 @@ class GrpcTransport:
         ]
         server = grpc.aio.server(options=options)
         handlers = self._handlers()
-        # Registered methods skip the per-call lookup by name; the generic handler answers the same.
-        server.add_registered_method_handlers(SERVICE, handlers)
+        # Registered methods (grpcio >= 1.63) skip the per-call lookup by name; the generic
+        # handler answers the same on any version.
+        if hasattr(server, "add_registered_method_handlers"):
+            server.add_registered_method_handlers(SERVICE, handlers)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         host = cfg.host
         address = f"[{host}]:{cfg.grpc_port}" if ":" in host else f"{host}:{cfg.grpc_port}"
