@@ -131,8 +131,6 @@ class Scheduler:
         self._drain_handle: asyncio.Handle | None = None
         self._wake_handle: asyncio.TimerHandle | None = None
         self._wake_at: float | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
         stats.pending = self.batcher.live
 
     # -- request side -------------------------------------------------------------------------
@@ -152,7 +150,6 @@ class Scheduler:
                 f"model '{self.stats.model}' version {self.stats.version}: queue is full "
                 f"({len(self.batcher)} requests waiting); retry later, or raise dynamic_batching.max_queue_size"
             ) from None
-        self._idle.clear()
         if deadline is not None:
             item.timer = loop.call_at(deadline, self._expire, item)
         if self._drain_handle is None and (self.free or (self.stageable and self.batcher.rows >= self.config.max_batch_size)):
@@ -162,7 +159,6 @@ class Scheduler:
     def _expire(self, item: Pending) -> None:
         if not item.future.done():
             item.future.set_exception(DeadlineExceeded(self._deadline_message()))
-            self._check_idle()
 
     def _deadline_message(self) -> str:
         return (
@@ -183,7 +179,6 @@ class Scheduler:
             if not batch:
                 if decision.wait_until is not None:
                     self._wake(decision.wait_until)
-                self._check_idle()
                 return
             instance = self.free.pop()
             self.running += 1
@@ -370,30 +365,22 @@ class Scheduler:
                 if not fut.done():
                     wanted = it.outputs
                     fut.set_result(outs if len(outs) == len(wanted) else {n: outs[n] for n in wanted})
-        if from_thread and self._drain_handle is None:
-            if len(self.batcher):
-                self._drain()  # already on the loop (call_soon_threadsafe): start the next batch now
-            else:
-                self._check_idle()
+        if from_thread and self._drain_handle is None and len(self.batcher):
+            self._drain()  # already on the loop (call_soon_threadsafe): start the next batch now
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def _check_idle(self) -> None:
-        if self.running == 0 and len(self.batcher) == 0:
-            self._idle.set()
+    @property
+    def idle(self) -> bool:
+        return self.running == 0 and len(self.batcher) == 0
 
     async def drain(self) -> None:
         """Wait until everything queued or running has been answered."""
         while True:
             self.batcher._purge()
-            self._check_idle()
-            if self._idle.is_set():
+            if self.idle:
                 return
-            self._idle.clear()
-            try:
-                await asyncio.wait_for(self._idle.wait(), 0.05)
-            except asyncio.TimeoutError:
-                pass
+            await asyncio.sleep(0.01)
 
     def close(self) -> None:
         for inst in self.instances:
