@@ -29,8 +29,22 @@ def pytriton_available() -> bool:
     return importlib.util.find_spec("pytriton") is not None
 
 
-needs_perf_analyzer = pytest.mark.skipif(not perf_analyzer_usable(), reason="perf_analyzer not runnable (bench/setup.sh)")
-needs_pytriton = pytest.mark.skipif(not pytriton_available(), reason="nvidia-pytriton not installed")
+# `make test` installs both (the `bench` extra and bench/setup.sh): a missing one is an error with
+# the command that fixes it, never a silent skip.
+@pytest.fixture
+def perf_analyzer_required():
+    if not perf_analyzer_usable():
+        pytest.fail("perf_analyzer is not runnable: run `bash bench/setup.sh` (or `make install`)")
+
+
+@pytest.fixture(scope="module")
+def pytriton_required():
+    if not pytriton_available():
+        pytest.fail("nvidia-pytriton is not installed: run `bash bench/setup.sh --peer` (or `make install`)")
+
+
+needs_perf_analyzer = pytest.mark.usefixtures("perf_analyzer_required")
+needs_pytriton = pytest.mark.usefixtures("pytriton_required")
 
 
 @pytest.fixture(scope="session")

@@ -41,8 +41,7 @@ def test_ort_rows_per_second(mlp32_repo):
 def test_server_that_fails_to_start_is_reported(tmp_path, capsys):
     from bench.tests.conftest import perf_analyzer_usable
 
-    if not perf_analyzer_usable():
-        pytest.skip("perf_analyzer not runnable")
+    assert perf_analyzer_usable(), "perf_analyzer is not runnable: run `bash bench/setup.sh`"
     rc = serving.main(["--quick", "--only", "ours,grpc", "--concurrency", "1", "--results-dir", str(tmp_path),
                        "--server-cmd", f"{sys.executable} -c 'import sys; sys.exit(3)'"])
     assert rc == 1

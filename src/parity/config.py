@@ -11,7 +11,7 @@ Every error names the file and the field and says what to write instead.  YAML i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -306,10 +306,6 @@ def load_yaml(path: Path) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(str(path), "", f"is not valid YAML: {e}") from None
-
-
-def with_platform(config: ModelConfig, platform: str) -> ModelConfig:
-    return replace(config, platform=platform)
 
 
 # ---------------------------------------------------------------------------------------------

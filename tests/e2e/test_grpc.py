@@ -188,6 +188,16 @@ def failures(served, model, reason) -> int:
     raise AssertionError(f"no {want!r} in /metrics")
 
 
+def pending(url, model) -> int:
+    """parity_pending_requests of a model: requests queued and not yet executed."""
+    want = f'parity_pending_requests{{model="{model}",version="1"}} '
+    with urllib.request.urlopen(f"http://{url}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(want):
+                return int(float(line[len(want) :]))
+    return 0
+
+
 def wait_for(predicate, timeout=5.0):
     deadline = time.monotonic() + timeout
     while not predicate() and time.monotonic() < deadline:
@@ -404,7 +414,8 @@ def test_cancelled_stream_drops_its_queued_requests(served, url, client):
     try:
         for i in range(2):
             stream_client.async_stream_infer("slow", [fp32_input(rows(1))], request_id=str(i))
-        time.sleep(0.3)  # both queued, waiting for a batch of 8 that never fills
+        # both queued, waiting for a batch of 8 that never fills
+        assert wait_for(lambda: pending(served[0].http_url, "slow") == 2)
         assert results.empty()
     finally:
         stream_client.stop_stream(cancel_requests=True)
@@ -561,7 +572,10 @@ def test_client_cancel_drops_the_queued_request(served, url, client):
             inp = aiogrpcclient.InferInput("INPUT0", [1, SIZES[0]], "FP32")
             inp.set_data_from_numpy(rows(1))
             task = asyncio.ensure_future(aclient.infer("slow", [inp]))
-            await asyncio.sleep(0.5)
+            for _ in range(100):  # until the request is queued in the server
+                await asyncio.sleep(0.05)
+                if await asyncio.to_thread(pending, served[0].http_url, "slow") == 1:
+                    break
             assert not task.done()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -653,10 +667,16 @@ def test_sigterm_answers_accepted_requests_and_refuses_new_ones(tmp_path):
                     return (await client.infer("m", [inp])).as_numpy("OUTPUT0")
 
                 accepted = [asyncio.ensure_future(one(x)) for x in xs]
-                await asyncio.sleep(0.3)
+                for _ in range(100):  # until all of them (and the streamed one) are queued
+                    await asyncio.sleep(0.05)
+                    if await asyncio.to_thread(pending, server.http_url, "m") == len(xs) + 1:
+                        break
                 assert not any(t.done() for t in accepted)
                 server.proc.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.2)
+                for _ in range(100):  # until the server has started draining
+                    await asyncio.sleep(0.02)
+                    if "draining" in server.output():
+                        break
                 with pytest.raises(InferenceServerException) as late:
                     await one(xs[0])
                 assert "UNAVAILABLE" in late.value.status(), late.value

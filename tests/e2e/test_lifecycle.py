@@ -5,7 +5,6 @@ import time
 import urllib.request
 
 import numpy as np
-import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
@@ -85,7 +84,9 @@ def test_versions_swap_under_load_with_zero_failed_requests(tmp_path):
             while client.get_model_metadata("m")["versions"] != [str(v)]:
                 assert time.monotonic() < deadline, server.output()
                 time.sleep(0.05)
-            time.sleep(0.3)
+            while not any(ver == str(v) for ver, _ in answers[-50:]):  # the load reaches the new version
+                assert time.monotonic() < deadline, server.output()
+                time.sleep(0.02)
         stop.set()
         for t in threads:
             t.join()
@@ -108,14 +109,19 @@ def test_two_workers_share_the_ports_and_the_metrics(tmp_path):
             client.close()
         deadline = time.monotonic() + 10
         while True:
-            time.sleep(1.2)  # workers publish their samples every second
+            time.sleep(0.1)  # workers publish their samples every second: poll until they have
             with urllib.request.urlopen(f"http://{server.http_url}/metrics") as r:
                 text = r.read().decode()
             line = next(l for l in text.splitlines() if l.startswith('parity_request_success_total{model="m"'))
             if line.endswith(" 40") or time.monotonic() > deadline:
                 break
         assert line.endswith(" 40"), text
-        stats = httpclient.InferenceServerClient(server.http_url).get_inference_statistics("m")["model_stats"][0]
+        client = httpclient.InferenceServerClient(server.http_url)
+        while True:  # whichever worker answers sums the other's last published statistics
+            stats = client.get_inference_statistics("m")["model_stats"][0]
+            if stats["inference_count"] == 80 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert stats["inference_count"] == 80  # 40 requests of 2 rows, summed over both workers
         for line in server.output().splitlines():
             if "serving 1 model" in line:

@@ -31,11 +31,6 @@ class Histogram:
         self.sum += value
         self.count += 1
 
-    def observe_many(self, value: float, n: int) -> None:
-        self.counts[bisect_left(self.bounds, value)] += n
-        self.sum += value * n
-        self.count += n
-
 
 Labels = tuple[tuple[str, str], ...]
 

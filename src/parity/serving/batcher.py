@@ -66,13 +66,17 @@ class Batcher:
     def __len__(self) -> int:
         return self._count
 
+    def queues(self):
+        """The queues, one per signature (for shutdown: answer what is left)."""
+        return self._queues.values()
+
     def live(self) -> int:
         """Queued requests still waiting (a scan: for metrics, not the request path)."""
         return sum(1 for q in self._queues.values() for it in q if it.alive())
 
     def put(self, signature: Hashable, item: Item) -> None:
         if self.max_queue_size and self._count >= self.max_queue_size:
-            self._purge()
+            self.purge()
             if self._count >= self.max_queue_size:
                 raise QueueFull(self._count)
         q = self._queues.get(signature)
@@ -82,7 +86,8 @@ class Batcher:
         self._count += 1
         self.rows += item.rows
 
-    def _purge(self) -> None:
+    def purge(self) -> None:
+        """Drop requests that are no longer alive from every queue."""
         for sig, q in self._queues.items():
             live = deque(it for it in q if it.alive())
             self._count -= len(q) - len(live)

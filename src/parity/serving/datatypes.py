@@ -29,20 +29,7 @@ DTYPES: dict[str, np.dtype] = {
 # Little-endian wire forms, used to decode raw contents.
 WIRE_DTYPES: dict[str, np.dtype] = {k: (v if k == "BYTES" else v.newbyteorder("<")) for k, v in DTYPES.items()}
 
-_FROM_NUMPY: dict[np.dtype, str] = {v: k for k, v in DTYPES.items() if k not in ("BF16",)}
-
 DATATYPES = frozenset(DTYPES)
-
-
-def datatype_of(array: np.ndarray) -> str:
-    """The OIP datatype name of a numpy array (strings and bytes map to BYTES)."""
-    dt = array.dtype
-    if dt.kind in ("O", "S", "U"):
-        return "BYTES"
-    try:
-        return _FROM_NUMPY[dt.newbyteorder("=")]
-    except KeyError:
-        raise InvalidInput(f"numpy dtype {dt} has no Open Inference Protocol datatype") from None
 
 
 def element_count(shape: tuple[int, ...]) -> int:
@@ -50,16 +37,6 @@ def element_count(shape: tuple[int, ...]) -> int:
     for d in shape:
         n *= d
     return n
-
-
-def check_shape(name: str, shape) -> tuple[int, ...]:
-    try:
-        out = tuple(int(d) for d in shape)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"input '{name}': shape must be a list of integers, got {shape!r}") from None
-    if any(d < 0 for d in out):
-        raise InvalidInput(f"input '{name}': shape {list(out)} has a negative dimension")
-    return out
 
 
 def decode_raw(name: str, datatype: str, shape: tuple[int, ...], raw) -> np.ndarray:

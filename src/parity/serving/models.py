@@ -16,12 +16,12 @@ import asyncio
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from parity.config import DEFAULT_MAX_BATCH_SIZE, PLATFORMS, DynamicBatching, ModelConfig, load_yaml, parse_model_config, valid_name
+from parity.config import DEFAULT_MAX_BATCH_SIZE, PLATFORMS, ModelConfig, load_yaml, parse_model_config, valid_name
 from parity.errors import ConfigError, ModelLoadError, NotFound, ParityError, Unavailable
 from parity.serving.datatypes import DTYPES
 from parity.serving.runners import create_runner
@@ -120,15 +120,13 @@ class Repository:
                 data["max_batch_size"] = DEFAULT_MAX_BATCH_SIZE
                 data.setdefault("dynamic_batching", {})
             auto = True
-        config = parse_model_config(data, str(cfg_path), model_name=name)
-        if not config.platform:
+        if isinstance(data, dict) and not data.get("platform") and not data.get("backend"):
             found = [p for p, fname in PLATFORMS.items() if any((mdir / str(v) / fname).exists() for v in versions)]
             if len(found) != 1:
                 raise ConfigError(str(cfg_path), "platform", f"cannot be inferred from the version directories (found {found or 'no model files'}); set it")
-            config = parse_model_config({**data, "platform": found[0]}, str(cfg_path), model_name=name)
+            data["platform"] = found[0]
+        config = parse_model_config(data, str(cfg_path), model_name=name)
         if auto:
-            from dataclasses import replace
-
             config = replace(config, auto_completed=True)
         return config
 
@@ -389,4 +387,4 @@ def _dummy(spec, batch: int | None) -> np.ndarray:
     return np.zeros(shape, dtype=DTYPES[spec.datatype])
 
 
-__all__ = ["Repository", "Version", "Model", "DynamicBatching"]
+__all__ = ["Repository", "Version", "Model"]

@@ -121,6 +121,7 @@ class Scheduler:
         else:  # no dynamic batching: each request runs alone, as sent (a batch is one request)
             self.batcher = Batcher(1, max_queue_size=DEFAULT_MAX_QUEUE_SIZE)
         self.concat = config.batching and dyn is not None
+        self.output_names = [t.name for t in config.outputs]
         always_inline = inline_max_rows >= max(config.max_batch_size, 1)
         self.instances = [Instance(r, threaded=not always_inline) for r in runners]
         self.free = list(self.instances)
@@ -151,14 +152,10 @@ class Scheduler:
                 f"({len(self.batcher)} requests waiting); retry later, or raise dynamic_batching.max_queue_size"
             ) from None
         if deadline is not None:
-            item.timer = loop.call_at(deadline, self._expire, item)
+            item.timer = loop.call_at(deadline, self._fail_expired, (item,))
         if self._drain_handle is None and (self.free or (self.stageable and self.batcher.rows >= self.config.max_batch_size)):
             self._drain_handle = loop.call_soon(self._drain)
         return fut
-
-    def _expire(self, item: Pending) -> None:
-        if not item.future.done():
-            item.future.set_exception(DeadlineExceeded(self._deadline_message()))
 
     def _deadline_message(self) -> str:
         return (
@@ -182,9 +179,8 @@ class Scheduler:
                 return
             instance = self.free.pop()
             self.running += 1
-            if instance.executor is None or (
-                self.inline_max_rows and (len(batch) == 1 and batch[0].rows or sum(it.rows for it in batch)) <= self.inline_max_rows
-            ):
+            rows = batch[0].rows if len(batch) == 1 else sum(it.rows for it in batch)
+            if instance.executor is None or rows <= self.inline_max_rows:
                 try:
                     result = self._execute(instance.runner, batch)
                 except BaseException as e:  # a runner failure fails its batch, never the loop
@@ -227,7 +223,8 @@ class Scheduler:
             lambda f: loop.call_soon_threadsafe(self._complete_future, instance, batch, f, outputs, rows, t_start, in_ns)
         )
 
-    def _fail_expired(self, expired: list[Pending]) -> None:
+    def _fail_expired(self, expired) -> None:
+        """Answer DEADLINE_EXCEEDED to queued requests whose deadline passed (never executed)."""
         for item in expired:
             if not item.future.done():
                 item.future.set_exception(DeadlineExceeded(self._deadline_message()))
@@ -257,7 +254,7 @@ class Scheduler:
             wanted = set(outputs)
             for it in batch[1:]:
                 wanted.update(it.outputs)
-            outputs = [n for n in self.config_output_names if n in wanted]
+            outputs = [n for n in self.output_names if n in wanted]
         return inputs, outputs, self._stats_rows(batch, inputs)
 
     def _stats_rows(self, batch: list[Pending], inputs: list[np.ndarray]) -> int:
@@ -310,10 +307,6 @@ class Scheduler:
             f"model '{self.stats.model}': output '{name}' has shape {list(arr.shape)} for a batch of {rows} rows; "
             "a batching model must keep the first dimension"
         )
-
-    @property
-    def config_output_names(self) -> list[str]:
-        return [t.name for t in self.config.outputs]
 
     def _complete_future(self, instance: Instance, batch: list[Pending], cf, outputs, rows, t_start, in_ns) -> None:
         exc = cf.exception()
@@ -377,7 +370,7 @@ class Scheduler:
     async def drain(self) -> None:
         """Wait until everything queued or running has been answered."""
         while True:
-            self.batcher._purge()
+            self.batcher.purge()
             if self.idle:
                 return
             await asyncio.sleep(0.01)
@@ -394,5 +387,5 @@ class Scheduler:
                 item.future.set_exception(Unavailable(f"model '{self.stats.model}' was unloaded; retry"))
 
     def _queued(self):
-        for q in self.batcher._queues.values():
+        for q in self.batcher.queues():
             yield from q
