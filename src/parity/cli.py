@@ -26,6 +26,9 @@ def _serve(args: argparse.Namespace) -> int:
         "admin_token": args.admin_token or os.environ.get("PARITY_ADMIN_TOKEN") or None,
         "max_body_bytes": args.max_body_bytes,
         "log_level": args.log_level,
+        "grpc_transport": args.grpc_transport,
+        "tls_cert_file": args.tls_cert,
+        "tls_key_file": args.tls_key,
     }
     try:
         config = load_server_config(args.config, overrides)
@@ -66,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repository-poll-secs", type=float, help="seconds between repository polls (default 5)")
     s.add_argument("--admin-token", help="token for repository load/unload (or PARITY_ADMIN_TOKEN)")
     s.add_argument("--max-body-bytes", type=int, help="largest request body or message (default 64 MiB)")
+    s.add_argument("--grpc-transport", choices=["fast", "grpcio"], help="fast: Parity's own HTTP/2 layer; grpcio: the reference")
+    s.add_argument("--tls-cert", help="PEM certificate: gRPC is served over TLS (ALPN h2)")
+    s.add_argument("--tls-key", help="PEM private key of --tls-cert")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=_serve)
     d = sub.add_parser("demo", help="export a model, serve it, query it over gRPC and HTTP, print the metrics, stop")

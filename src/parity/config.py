@@ -312,6 +312,9 @@ def load_yaml(path: Path) -> Any:
 # Server configuration
 
 
+GRPC_TRANSPORTS = ("fast", "grpcio")
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     model_repository: Path
@@ -329,7 +332,14 @@ class ServerConfig:
     # one that stalls in the middle of a request (no bytes) after request_timeout_secs.
     keepalive_timeout_secs: float = 75.0
     request_timeout_secs: float = 60.0
+    # "fast": gRPC on Parity's own HTTP/2 layer; "grpcio": the reference transport on grpcio.
     grpc_transport: str = "grpcio"
+    # gRPC: the most concurrent streams per connection, the largest header list (bytes)
+    grpc_max_concurrent_streams: int = 4096
+    grpc_max_header_list_bytes: int = 16 * 1024
+    # TLS for gRPC (ALPN h2) when both files are given (PEM)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     server_name: str = "parity"
     log_level: str = "info"
 
@@ -340,6 +350,8 @@ _SERVER_FIELDS = {
     "max_header_bytes": int, "admin_token": str, "drain_timeout_secs": (int, float),
     "keepalive_timeout_secs": (int, float), "request_timeout_secs": (int, float),
     "grpc_transport": str, "server_name": str, "log_level": str,
+    "grpc_max_concurrent_streams": int, "grpc_max_header_list_bytes": int,
+    "tls_cert_file": str, "tls_key_file": str,
 }  # fmt: skip
 
 
@@ -368,8 +380,18 @@ def load_server_config(path: Path | None, overrides: dict[str, Any]) -> ServerCo
         raise ConfigError(source, "workers", "must be >= 1")
     if cfg.model_control_mode not in ("none", "poll", "explicit"):
         raise ConfigError(source, "model_control_mode", "must be none, poll or explicit")
-    if cfg.grpc_transport not in ("grpcio",):
-        raise ConfigError(source, "grpc_transport", "must be grpcio")
+    if cfg.grpc_transport not in GRPC_TRANSPORTS:
+        raise ConfigError(source, "grpc_transport", f"must be one of {', '.join(GRPC_TRANSPORTS)}, not {cfg.grpc_transport!r}")
+    if not 1 <= cfg.grpc_max_concurrent_streams <= 2**31 - 1:
+        raise ConfigError(source, "grpc_max_concurrent_streams", "must be between 1 and 2^31-1")
+    if cfg.grpc_max_header_list_bytes < 1024:
+        raise ConfigError(source, "grpc_max_header_list_bytes", "must be at least 1024")
+    if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
+        raise ConfigError(source, "tls_cert_file" if not cfg.tls_cert_file else "tls_key_file", "TLS needs both a certificate and its key (PEM files)")
+    for tls_field in ("tls_cert_file", "tls_key_file"):
+        value = getattr(cfg, tls_field)
+        if value and not Path(value).is_file():
+            raise ConfigError(source, tls_field, f"{value} is not a readable file")
     for secs in ("keepalive_timeout_secs", "request_timeout_secs", "drain_timeout_secs"):
         if getattr(cfg, secs) <= 0:
             raise ConfigError(source, secs, "must be > 0 seconds")

@@ -210,7 +210,7 @@ def wait_for(predicate, timeout=5.0):
 
 def test_response_encoding_matches_protobuf():
     """The transport writes ModelInferResponse bytes by hand; they must parse as protobuf builds them."""
-    from parity.serving.transport.grpc import _stream_error, _stream_ok, _Wire
+    from parity.serving.transport.grpc_service import Wire as _Wire, stream_error as _stream_error, stream_ok as _stream_ok
     from parity.types import Tensor
 
     rng = np.random.default_rng(1)

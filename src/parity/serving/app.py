@@ -27,9 +27,12 @@ WORKER_ENV = "PARITY_WORKER_INDEX"
 
 
 def make_transports(core: InferenceCore, config: ServerConfig) -> list:
-    from parity.serving.transport.grpc import GrpcTransport
     from parity.serving.transport.http import HttpTransport
 
+    if config.grpc_transport == "fast":
+        from parity.serving.transport.grpc_fast import FastGrpcTransport as GrpcTransport
+    else:
+        from parity.serving.transport.grpc import GrpcTransport
     return [HttpTransport(core, config), GrpcTransport(core, config)]
 
 
