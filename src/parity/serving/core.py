@@ -171,6 +171,12 @@ class InferenceCore:
             plan.model_name, plan.label, req.id, [Tensor(n, types[n], arr.shape, arr) for n, arr in outputs.items()]
         )
 
+    @staticmethod
+    def succeeded(plan: Plan, t0: int) -> None:
+        """Count a success, for transports that encode the outputs themselves (`finish` without
+        building an InferResponse)."""
+        plan.stats.record_success(time.perf_counter_ns() - t0)
+
     def fail(self, plan: Plan, t0: int, exc: BaseException) -> ParityError:
         err = Cancelled("the client cancelled the request") if isinstance(exc, asyncio.CancelledError) else as_parity_error(exc)
         plan.stats.record_failure(err.reason, time.perf_counter_ns() - t0)

@@ -30,7 +30,7 @@ from google.protobuf.message import DecodeError
 
 from parity._proto.inference import grpc_service_pb2 as pb
 from parity.config import ServerConfig
-from parity.errors import GrpcCode, InternalError, ParityError, as_parity_error
+from parity.errors import DeadlineExceeded, GrpcCode, InternalError, ParityError, as_parity_error
 from parity.serving.core import InferenceCore, bearer
 from parity.serving.transport import http2
 from parity.serving.transport.base import listen_socket
@@ -47,6 +47,9 @@ from parity.serving.transport.http2 import H2Connection, H2Stream, literal, lite
 log = logging.getLogger("parity.grpc")
 
 _CancelledError = asyncio.CancelledError
+# A client resets its call when its deadline passes; a reset this close to the request's deadline
+# is counted as a timeout (the two clocks started a network hop apart).
+_CLOCK_SLACK_S = 0.005
 
 # Constant header blocks (HPACK literals that leave the dynamic table alone).
 _CONTENT_TYPE = literal_indexed_name(31, b"application/grpc")  # static entry 31: content-type
@@ -86,45 +89,70 @@ def parse_timeout(value: bytes) -> float | None:
 
 
 class Head:
-    """What a request's headers say, parsed once per distinct header block."""
+    """What a request's headers say, parsed and judged once per distinct header block: either
+    `entry` (the method's kind, request class and handler) or `error` ((HTTP status, gRPC
+    code, message) to answer with)."""
 
-    __slots__ = ("method", "path", "content_type", "timeout", "encoding", "token")
+    __slots__ = ("entry", "error", "timeout", "wbits", "token")
 
-    def __init__(self, headers: list) -> None:
-        self.method = self.path = self.content_type = self.timeout = self.encoding = None
+    def __init__(self, headers: list, methods: dict) -> None:
+        method = path = ctype = timeout = encoding = None
         self.token = None
         for name, value in headers:
             if name == b":path":
-                self.path = value
+                path = value
             elif name == b":method":
-                self.method = value
+                method = value
             elif name == b"content-type":
-                self.content_type = value
+                ctype = value
             elif name == b"grpc-timeout":
-                self.timeout = value
+                timeout = value
             elif name == b"grpc-encoding":
-                self.encoding = value
+                encoding = value
             elif name == b"authorization":
                 self.token = bearer(value.decode("latin-1"))
+        self.entry = None
+        self.error = None
+        self.timeout = None
+        self.wbits = None
+        if method != b"POST":
+            self.error = (405, GrpcCode.UNIMPLEMENTED, "gRPC calls are POST requests")
+        elif ctype is None or not ctype.startswith(b"application/grpc"):
+            self.error = (415, GrpcCode.INTERNAL, "content-type must be application/grpc")
+        elif (entry := methods.get(path or b"")) is None:
+            where = (path or b"").decode("latin-1")
+            self.error = (200, GrpcCode.UNIMPLEMENTED, f"unknown method {where}; this server implements {SERVICE} (KServe v2 / Triton)")
+        elif encoding is not None and encoding not in _ENCODINGS:
+            self.error = (
+                200,
+                GrpcCode.UNIMPLEMENTED,
+                f"grpc-encoding {encoding.decode('latin-1')} is not supported; use identity, gzip or deflate",
+            )
+        elif timeout is not None and (secs := parse_timeout(timeout)) is None:
+            self.error = (200, GrpcCode.INVALID_ARGUMENT, f"malformed grpc-timeout {timeout.decode('latin-1')!r}")
+        else:
+            self.entry = entry
+            self.wbits = _ENCODINGS.get(encoding) if encoding is not None else None
+            self.timeout = secs if timeout is not None else None
 
 
 class GrpcStream(H2Stream):
     __slots__ = ("kind", "handler", "request_cls", "inbuf", "wbits", "deadline", "token", "messages",
-                 "ticket", "task", "inflight", "eof", "stopping")  # fmt: skip
+                 "ticket", "task", "inflight", "eof", "stopping", "timer")  # fmt: skip
 
     def __init__(self, sid: int, send_window: int):
-        super().__init__(sid, send_window)
+        # H2Stream's fields set here too: one call per stream instead of two
+        self.id = sid
+        self.recv_window = http2.STREAM_WINDOW
+        self.unacked = 0
+        self.send_window = send_window
+        self.remote_closed = self.closed = self.headers_sent = False
+        self.outq = self.trailers = None
+        self.out_bytes = 0
         self.kind = 0
-        self.inbuf: bytearray | None = None
-        self.wbits = None
-        self.deadline = None
-        self.token = None
+        self.inbuf = self.wbits = self.deadline = self.token = self.ticket = self.task = self.inflight = self.timer = None
         self.messages = 0
-        self.ticket = None
-        self.task = None
-        self.inflight: set | None = None
-        self.eof = False
-        self.stopping = False
+        self.eof = self.stopping = False
 
 
 class GrpcConnection(H2Connection):
@@ -159,49 +187,39 @@ class GrpcConnection(H2Connection):
         return GrpcStream(sid, self.peer_window)
 
     def parse_headers(self, headers: list) -> Head:
-        return Head(headers)
+        return Head(headers, self.methods)
 
     def on_headers(self, stream: GrpcStream, head: Head, size: int, end_stream: bool) -> None:
-        if head.method != b"POST":
-            self._http_error(stream, 405, "gRPC calls are POST requests")
-            return
-        ctype = head.content_type
-        if ctype is None or not ctype.startswith(b"application/grpc"):
-            self._http_error(stream, 415, "content-type must be application/grpc")
+        entry = head.entry
+        if entry is None:
+            status, code, message = head.error
+            if status != 200:
+                self._http_error(stream, status, code, message)
+            else:
+                self._fail(stream, code, message)
             return
         if size > self.max_header_list:
             self._fail(stream, GrpcCode.RESOURCE_EXHAUSTED, f"request headers of {size} bytes exceed the server's limit of {self.max_header_list}")
             return
-        path = head.path or b""
-        entry = self.methods.get(path)
-        if entry is None:
-            self._fail(
-                stream,
-                GrpcCode.UNIMPLEMENTED,
-                f"unknown method {path.decode('latin-1')}; this server implements {SERVICE} (KServe v2 / Triton)",
-            )
-            return
         stream.kind, stream.request_cls, stream.handler = entry
-        if head.encoding is not None:
-            if head.encoding not in _ENCODINGS:
-                self._fail(stream, GrpcCode.UNIMPLEMENTED, f"grpc-encoding {head.encoding.decode('latin-1')} is not supported; use identity, gzip or deflate")
-                return
-            stream.wbits = _ENCODINGS[head.encoding]
-        if head.timeout is not None:
-            secs = parse_timeout(head.timeout)
-            if secs is None:
-                self._fail(stream, GrpcCode.INVALID_ARGUMENT, f"malformed grpc-timeout {head.timeout.decode('latin-1')!r}")
-                return
-            stream.deadline = self.loop.time() + secs
+        stream.wbits = head.wbits
         stream.token = head.token
+        if head.timeout is not None:
+            stream.deadline = self.loop.time() + head.timeout
+            if stream.kind == STREAM:  # the whole call's deadline: it ends the stream
+                stream.timer = self.loop.call_at(stream.deadline, self._stream_deadline, stream)
         if end_stream:
             self._end_of_input(stream)
 
     def on_data(self, stream: GrpcStream, data: bytes, end_stream: bool) -> None:
         if data:
-            buf = stream.inbuf
-            if buf is None and data[0] == 0 and len(data) >= 5 and int.from_bytes(data[1:5], "big") == len(data) - 5:
-                self._message(stream, data[5:], 0)  # the common case: one whole message in one frame
+            if stream.inbuf is None and data[0] == 0 and len(data) >= 5 and int.from_bytes(data[1:5], "big") == len(data) - 5:
+                # the common case: one whole uncompressed message in one frame
+                if stream.kind == INFER and not stream.messages:
+                    stream.messages = 1
+                    self._infer(stream, data[5:])
+                else:
+                    self._message(stream, data[5:], 0)
             else:
                 self._buffer(stream, data)
         if end_stream and not stream.closed:
@@ -258,14 +276,25 @@ class GrpcConnection(H2Connection):
         if stream.inbuf:
             self.buffered_in -= len(stream.inbuf)
             stream.inbuf = None
-        ticket = stream.ticket
-        if ticket is not None:
+        if stream.timer is not None:
+            stream.timer.cancel()
+            stream.timer = None
+        tickets = []
+        if stream.ticket is not None:
+            tickets.append(stream.ticket)
             stream.ticket = None
-            ticket.cancel()  # leaves its queue; the callback counts it as cancelled
         if stream.inflight:
-            for t in list(stream.inflight):
-                t.cancel()
-            stream.inflight.clear()
+            tickets += stream.inflight
+            stream.inflight = None
+        if tickets:
+            deadline = stream.deadline
+            # a client resetting at its deadline gave up on time: a timeout, not a cancel
+            timeout = deadline is not None and self.loop.time() >= deadline - _CLOCK_SLACK_S
+            for ticket in tickets:
+                if timeout and not ticket.done():
+                    ticket.set_exception(DeadlineExceeded("the request's deadline passed before it was answered"))
+                else:
+                    ticket.cancel()  # leaves its queue; the callback counts it as cancelled
         if stream.task is not None:
             stream.task.cancel()
             stream.task = None
@@ -340,9 +369,9 @@ class GrpcConnection(H2Connection):
         if stream.closed:
             core.fail(plan, t0, _CancelledError())
             return
+        core.succeeded(plan, t0)
         try:
-            resp = core.finish(req, plan, t0, outputs)
-            body = self.wire.infer_response(resp.model_name, resp.model_version, resp.id, resp.outputs)
+            body = self.wire.encode(plan.model_name, plan.label, req.id, outputs, plan.output_types)
         except Exception as e:  # noqa: BLE001 - an encoding bug: answer it, keep serving
             log.exception("encoding a gRPC inference response failed")
             self._error(stream, InternalError(f"internal error encoding the response: {type(e).__name__}: {e}"))
@@ -361,9 +390,6 @@ class GrpcConnection(H2Connection):
             return
         try:
             req = decode_infer_request(request, self.loop)
-            deadline = stream.deadline
-            if deadline is not None and (req.deadline is None or deadline < req.deadline):
-                req.deadline = deadline
             ticket = self.core.submit(req, partial(self._stream_done, stream, req))[0]
         except Exception as e:  # noqa: BLE001
             err = as_parity_error(e)
@@ -390,9 +416,9 @@ class GrpcConnection(H2Connection):
             if stream.closed:
                 core.fail(plan, t0, _CancelledError())
                 return
+            core.succeeded(plan, t0)
             try:
-                resp = core.finish(req, plan, t0, outputs)
-                out = stream_ok(self.wire.infer_response(resp.model_name, resp.model_version, resp.id, resp.outputs))
+                out = stream_ok(self.wire.encode(plan.model_name, plan.label, req.id, outputs, plan.output_types))
             except Exception as e:  # noqa: BLE001 - an encoding bug must not end the stream
                 log.error("gRPC stream: unexpected error", exc_info=e)
                 out = stream_error(as_parity_error(e).message, req.model_name, req.id)
@@ -401,13 +427,23 @@ class GrpcConnection(H2Connection):
             self._finish_stream(stream)
 
     def _stream_message(self, stream: GrpcStream, body: bytes) -> None:
-        if stream.closed:
-            return
+        if stream.closed or stream.trailers is not None:
+            return  # ended, or ending behind queued answers
         if not stream.headers_sent:
             self.send_headers(stream, RESPONSE_HEAD)
         self.send_data(stream, b"\x00" + len(body).to_bytes(4, "big") + body)
 
+    def _stream_deadline(self, stream: GrpcStream) -> None:
+        """The stream's grpc-timeout passed: it ends with DEADLINE_EXCEEDED; what it still has
+        queued is dropped and counted as timed out."""
+        stream.timer = None
+        if not stream.closed:
+            self._fail(stream, GrpcCode.DEADLINE_EXCEEDED, "the stream's deadline (grpc-timeout) passed")
+
     def _finish_stream(self, stream: GrpcStream) -> None:
+        if stream.timer is not None:
+            stream.timer.cancel()
+            stream.timer = None
         if stream.stopping and not stream.eof:
             self._fail(stream, GrpcCode.UNAVAILABLE, "the server is shutting down; open a new stream (to another replica)")
         else:
@@ -446,8 +482,8 @@ class GrpcConnection(H2Connection):
             self._write(http2.frame(http2.RST_STREAM, 0, stream.id, b"\x00\x00\x00\x00"))
         self.on_reset(stream, http2.NO_ERROR)
 
-    def _http_error(self, stream: GrpcStream, status: int, message: str) -> None:
-        block = http2.status_field(status) + status_block(GrpcCode.INTERNAL if status != 405 else GrpcCode.UNIMPLEMENTED, message, False)
+    def _http_error(self, stream: GrpcStream, status: int, code: int, message: str) -> None:
+        block = http2.status_field(status) + status_block(code, message, False)
         self.send_trailers(stream, block)
         if stream.closed and not stream.remote_closed:
             self._write(http2.frame(http2.RST_STREAM, 0, stream.id, b"\x00\x00\x00\x00"))

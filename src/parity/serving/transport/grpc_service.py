@@ -92,6 +92,7 @@ class Wire:
     def __init__(self) -> None:
         self.prefixes: dict[tuple[str, str], bytes] = {}
         self.headers: dict[tuple[str, str], bytes] = {}
+        self.tensors: dict[tuple, bytes] = {}  # (name, datatype, shape) -> encoded output tensor
 
     def prefix(self, model: str, version: str) -> bytes:
         key = (model, version)
@@ -109,24 +110,32 @@ class Wire:
 
     def infer_response(self, model: str, version: str, req_id: str, outputs: list[Tensor]) -> bytes:
         """A serialized ModelInferResponse with raw_output_contents (what tritonclient reads)."""
+        return self.encode(model, version, req_id, {t.name: t.data for t in outputs}, {t.name: t.datatype for t in outputs})
+
+    def encode(self, model: str, version: str, req_id: str, arrays: dict, types: dict) -> bytes:
+        """The same from {output name: array} and {output name: datatype}."""
         parts: list = [self.prefix(model, version)]
         if req_id:
             parts.append(_field(_T3, req_id.encode()))
         raws: list = []
-        for t in outputs:
-            arr = t.data
+        tensors = self.tensors
+        for name, arr in arrays.items():
+            datatype = types[name]
             shape = arr.shape
-            if len(shape) == 1 and shape[0] < 128:
-                sub = self.header(t.name, t.datatype) + _T3 + b"\x01" + _SMALL_VARINTS[shape[0]]
-            elif shape:
-                dims = b"".join([_varint(d) for d in shape])
-                sub = self.header(t.name, t.datatype) + _T3 + _varint(len(dims)) + dims
-            else:  # a scalar: no shape field, as protobuf writes it
-                sub = self.header(t.name, t.datatype)
-            parts.append(_T5)
-            parts.append(_varint(len(sub)))
-            parts.append(sub)
-            if t.datatype == "BYTES":
+            key = (name, datatype, shape)
+            tensor = tensors.get(key)  # the output's encoded InferOutputTensor, with its field tag
+            if tensor is None:
+                if shape:
+                    dims = b"".join([_varint(d) for d in shape])
+                    sub = self.header(name, datatype) + _T3 + _varint(len(dims)) + dims
+                else:  # a scalar: no shape field, as protobuf writes it
+                    sub = self.header(name, datatype)
+                tensor = _T5 + _varint(len(sub)) + sub
+                if len(tensors) >= 4096:
+                    tensors.clear()
+                tensors[key] = tensor
+            parts.append(tensor)
+            if datatype == "BYTES":
                 data = encode_bytes(arr)
                 n = len(data)
             else:

@@ -74,6 +74,10 @@ STREAM_WINDOW = 1 << 20
 CONN_WINDOW = 16 << 20
 # The largest frame we accept.
 MAX_FRAME_IN = 1 << 20
+# How long a closing connection waits for the peer to close its side.
+LINGER_S = 2.0
+# ... and how much it reads (and drops) meanwhile before it gives up on the peer.
+LINGER_BYTES = 256 << 10
 
 _HEAD = struct.Struct(">BHBBL")  # length (24 bits as 8 + 16), type, flags, stream id
 _U32 = struct.Struct(">L")
@@ -204,6 +208,8 @@ class H2Connection(asyncio.Protocol):
         self.goaway_sent = False
         self.draining = False
         self.closed = False
+        self._discarded = 0
+        self._unfinished: dict[int, None] = {}  # streams we ended while the peer was still sending
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -221,7 +227,10 @@ class H2Connection(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed:  # lingering after our last frames: dropped, up to a bound
+            self._discarded += len(data)
+            if self._discarded > LINGER_BYTES and self.transport is not None:
+                self.transport.abort()
             return
         buf = self._buf
         if buf:
@@ -260,12 +269,35 @@ class H2Connection(asyncio.Protocol):
                 payload = data[pos + 9 : end]
                 pos = end
                 sid &= 0x7FFFFFFF
+                if not self._settings_seen and ftype != SETTINGS:
+                    raise ConnectionError_(PROTOCOL_ERROR, "the client preface must be followed by SETTINGS")
                 if self._cont is not None and ftype != CONTINUATION:
                     raise ConnectionError_(PROTOCOL_ERROR, "a header block must be continued by CONTINUATION frames only")
                 if ftype == DATA:
                     self._on_data(sid, flags, payload)
                 elif ftype == HEADERS:
-                    self._on_headers_frame(sid, flags, payload)
+                    if flags == END_HEADERS | END_STREAM or flags == END_HEADERS:
+                        self._header_block(sid, flags, payload)  # no padding, no priority
+                    else:
+                        self._on_headers_frame(sid, flags, payload)
+                elif ftype == WINDOW_UPDATE and length == 4 and not self._blocked:
+                    # the common case inline: nothing waits for window, so only the count changes
+                    inc = _U32.unpack(payload)[0] & 0x7FFFFFFF
+                    if not inc:
+                        self._on_other(ftype, sid, flags, payload)
+                    elif sid == 0:
+                        self.send_window += inc
+                        if self.send_window > MAX_WINDOW:
+                            raise ConnectionError_(FLOW_CONTROL_ERROR, "connection flow-control window above 2^31-1")
+                    else:
+                        stream = self.streams.get(sid)
+                        if stream is None:
+                            if sid > self.last_sid:
+                                raise ConnectionError_(PROTOCOL_ERROR, f"WINDOW_UPDATE on stream {sid}, which was never opened")
+                        else:
+                            stream.send_window += inc
+                            if stream.send_window > MAX_WINDOW:
+                                self.stream_error(stream, FLOW_CONTROL_ERROR)
                 else:
                     self._on_other(ftype, sid, flags, payload)
                 if self.closed:
@@ -326,7 +358,14 @@ class H2Connection(asyncio.Protocol):
         if stream is None:
             if sid > self.last_sid or not sid & 1:
                 raise ConnectionError_(PROTOCOL_ERROR, f"DATA on stream {sid}, which was never opened")
-            return  # a stream we have finished or reset: ignored (its bytes were counted above)
+            unfinished = self._unfinished
+            if sid in unfinished:  # we ended it while the peer was still sending: ignored
+                if flags & END_STREAM:
+                    del unfinished[sid]
+                return
+            # the peer had ended it (END_STREAM): nothing more may come (RFC 9113 5.1)
+            self._write(frame(RST_STREAM, 0, sid, _U32.pack(STREAM_CLOSED)))
+            return
         if stream.remote_closed:
             self.stream_error(stream, STREAM_CLOSED)
             return
@@ -425,6 +464,10 @@ class H2Connection(asyncio.Protocol):
         if not sid & 1:
             raise ConnectionError_(PROTOCOL_ERROR, f"client opened stream {sid}: client streams are odd-numbered")
         if sid <= self.last_sid:
+            if sid in self._unfinished:  # trailers of a stream we ended early: ignored
+                if end:
+                    del self._unfinished[sid]
+                return
             raise ConnectionError_(STREAM_CLOSED, f"HEADERS on stream {sid}, which is closed (stream ids must increase)")
         self.last_sid = sid
         if self.goaway_sent or len(self.streams) >= self.max_streams or self.held_out > self.max_held_out:
@@ -589,6 +632,8 @@ class H2Connection(asyncio.Protocol):
     # -- frames out ------------------------------------------------------------------------------
 
     def _write(self, data) -> None:
+        if self.closed:
+            return  # after our last frames: nothing more goes out
         self._out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -707,14 +752,23 @@ class H2Connection(asyncio.Protocol):
                     trailers, stream.trailers = stream.trailers, None
                     out.append(self._headers_frames(sid, trailers, True))
                     self._end_stream(stream)
-        if out:
+        if out and not self.closed:
             self._out.extend(out)
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 self.loop.call_soon(self._flush)
 
+    def _remember_unfinished(self, sid: int) -> None:
+        """A stream we ended before the peer did: what it still sends on it is ignored."""
+        unfinished = self._unfinished
+        unfinished[sid] = None
+        if len(unfinished) > 1024:
+            del unfinished[next(iter(unfinished))]
+
     def _end_stream(self, stream: H2Stream) -> None:
         """We sent END_STREAM: the stream is done on our side."""
+        if not stream.remote_closed:
+            self._remember_unfinished(stream.id)
         stream.closed = True
         self.streams.pop(stream.id, None)
         self._blocked.pop(stream.id, None)
@@ -722,6 +776,8 @@ class H2Connection(asyncio.Protocol):
             self._close_if_done()
 
     def _drop(self, stream: H2Stream) -> None:
+        if not stream.remote_closed:
+            self._remember_unfinished(stream.id)
         stream.closed = True
         self._blocked.pop(stream.id, None)
         if stream.out_bytes:
@@ -748,11 +804,7 @@ class H2Connection(asyncio.Protocol):
         if code != NO_ERROR:
             log.info("HTTP/2 connection error %d: %s", code, message)
         self._write(frame(GOAWAY, 0, 0, _GOAWAY.pack(self.last_sid, code) + message.encode("utf-8", "replace")[:256]))
-        self._flush()
-        self.closed = True
-        transport = self.transport
-        if transport is not None:
-            transport.close()
+        self._close()
 
     def shutdown(self) -> None:
         """Graceful: GOAWAY naming the last stream we take; the open ones finish, then close."""
@@ -764,10 +816,30 @@ class H2Connection(asyncio.Protocol):
 
     def _close_if_done(self) -> None:
         if not self.streams and not self.closed:
-            self._flush()
-            self.closed = True
-            if self.transport is not None:
-                self.transport.close()
+            self._close()
+
+    def _close(self) -> None:
+        """Write what is pending, then close without losing it: half-close first and read (and
+        drop) whatever the peer still sends until it closes, for at most LINGER_S.  Closing a
+        socket with unread input would reset it, and a reset can discard our last frames
+        before the peer reads them."""
+        self._flush()
+        self.closed = True
+        transport = self.transport
+        if transport is None:
+            return
+        if self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
+        if transport.can_write_eof():
+            try:
+                transport.write_eof()
+            except OSError:
+                transport.close()
+                return
+            self.loop.call_later(LINGER_S, transport.close)
+        else:
+            transport.close()
 
     def abort(self) -> None:
         if self.transport is not None:
