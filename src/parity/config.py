@@ -333,7 +333,7 @@ class ServerConfig:
     keepalive_timeout_secs: float = 75.0
     request_timeout_secs: float = 60.0
     # "fast": gRPC on Parity's own HTTP/2 layer; "grpcio": the reference transport on grpcio.
-    grpc_transport: str = "grpcio"
+    grpc_transport: str = "fast"
     # gRPC: the most concurrent streams per connection, the largest header list (bytes)
     grpc_max_concurrent_streams: int = 4096
     grpc_max_header_list_bytes: int = 16 * 1024

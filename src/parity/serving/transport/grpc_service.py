@@ -179,7 +179,12 @@ def _param_value(p: pb.InferParameter) -> Any:
 
 
 def _params(m) -> dict:
-    return {k: _param_value(v) for k, v in m.items()}
+    out = {}
+    for k in m:  # keys and indexing: cheaper than the map's items view
+        v = m[k]
+        which = v.WhichOneof("parameter_choice")
+        out[k] = None if which is None else getattr(v, which)
+    return out
 
 
 def _typed_contents(name: str, datatype: str, shape: tuple[int, ...], inp) -> np.ndarray:
@@ -249,7 +254,7 @@ def decode_infer_request(msg: pb.ModelInferRequest, loop: asyncio.AbstractEventL
                 for d in shape:
                     size *= d
                 if size == len(content):
-                    data = np.frombuffer(content, dtype).reshape(shape)
+                    data = np.ndarray(shape, dtype, content)  # a read-only view of the message's bytes
                 else:
                     data = decode_raw(name, datatype, shape, content)
             else:
