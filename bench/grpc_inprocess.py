@@ -171,7 +171,6 @@ async def run(args) -> None:
         f"median {statistics.median(runs):.1f} us CPU per request, best {min(runs):.1f} (runs: {', '.join(f'{r:.1f}' for r in runs)}; "
         f"{sink.writes / max(done_before, 1):.2f} writes per request)"
     )
-    del loop
 
 
 def main() -> None:

@@ -4,31 +4,40 @@ One invocation:
   (a) builds the model repositories (mlp32 + mlp1024 with dynamic batching; mlp1024 without)
       into a temporary directory;
   (b) starts our server (``--server-cmd``, by default
-      ``python -m parity serve --model-repository DIR --http-port P --grpc-port Q``) and waits
-      for GET /v2/health/ready and every model's /ready;
+      ``python -m parity serve --model-repository DIR --http-port P --grpc-port Q
+      --grpc-transport fast``) and waits for GET /v2/health/ready and every model's /ready;
   (c) "ours":     perf_analyzer over gRPC and HTTP at concurrency 1, 8, 32 on mlp32
                   -> throughput, p50, p99, server CPU us per request;
-  (d) "peer":     the same against Triton through PyTriton (bench/pytriton_peer.py), and the
-                  ratios ours/theirs;
+  (c') "grpcio":  our server again with ``--grpc-transport grpcio`` (the reference transport),
+                  mlp32 over gRPC only at the same concurrencies, and the ratios fast/grpcio;
+  (d) "peer":     the same as (c) against Triton through PyTriton (bench/pytriton_peer.py), and
+                  the ratios ours/theirs (fast/peer and grpcio/peer for gRPC);
   (e) "batching": mlp1024, one-row requests at concurrency 32, dynamic batching off vs. on;
       "rows":     mlp1024, 16-row requests (-b 16) at concurrency 8 vs. ONNX Runtime's own
                   rows/s at batch 64 in this process with the same thread settings;
   (f) prints tables and writes every figure to bench/results/serving-<timestamp>.json.
 
-Pick pieces with --only (sections: ours, peer, batching, rows; shorthands: mlp32 = ours+peer,
-mlp1024 = batching+rows; protocols: grpc, http), --skip-peer / --skip-ours / --skip-mlp1024,
-and --quick (short measurement windows). Examples::
+Pick pieces with --only (sections: ours, grpcio, peer, batching, rows; shorthands: mlp32 =
+ours+grpcio+peer, mlp1024 = batching+rows; protocols: grpc, http), --skip-peer / --skip-ours
+(also drops grpcio) / --skip-mlp1024, and --quick (short measurement windows). Examples::
 
     python bench/serving.py                          # everything (a few minutes)
     python bench/serving.py --quick --only peer,grpc # PyTriton over gRPC, < 1 minute
+    python bench/serving.py --quick --only mlp32,grpc --concurrency 1 32
+        # both gRPC transports of ours side by side with PyTriton
     python bench/serving.py --quick --skip-peer      # only our server
     python bench/serving.py --server-cmd "{python} bench/pytriton_peer.py --model-repository {repo} \\
         --http-port {http_port} --grpc-port {grpc_port}" --server-access-token parity-bench-token
-        # the peer standing in for our server: exercises every section of the driver
+        # the peer standing in for our server: exercises every section of the driver but
+        # grpcio (add --grpcio-server-cmd with the same command to exercise that one too)
 
-Placeholders in --server-cmd: {python} {repo} {http_port} {grpc_port} {root}. The server runs
-from the project root with <root>/src prepended to PYTHONPATH, in its own process group, and
-is stopped with SIGTERM (SIGKILL after --stop-timeout seconds).
+Placeholders in --server-cmd: {python} {repo} {http_port} {grpc_port} {root} {grpc_transport}.
+{grpc_transport} is "fast" for the ours/batching/rows server and "grpcio" for the grpcio section;
+--grpcio-server-cmd (same placeholders) overrides the grpcio section's command. Without either,
+a --server-cmd with no {grpc_transport} cannot pick the transport, and the grpcio section is left
+out (with a note). The servers run from the project root with <root>/src prepended to
+PYTHONPATH, in their own process group, and are stopped with SIGTERM (SIGKILL after
+--stop-timeout seconds).
 """
 
 from __future__ import annotations
@@ -58,10 +67,18 @@ from bench.pytriton_peer import PEER_ACCESS_TOKEN, access_headers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-DEFAULT_SERVER_CMD = "{python} -m parity serve --model-repository {repo} --http-port {http_port} --grpc-port {grpc_port}"
-SECTIONS = ("ours", "peer", "batching", "rows")
-SHORTHANDS = {"mlp32": ("ours", "peer"), "mlp1024": ("batching", "rows"), "all": SECTIONS}
+DEFAULT_SERVER_CMD = ("{python} -m parity serve --model-repository {repo} --http-port {http_port} "
+                      "--grpc-port {grpc_port} --grpc-transport {grpc_transport}")
+TRANSPORT_PLACEHOLDER = "{grpc_transport}"
+SECTIONS = ("ours", "grpcio", "peer", "batching", "rows")
+SHORTHANDS = {"mlp32": ("ours", "grpcio", "peer"), "mlp1024": ("batching", "rows"), "all": SECTIONS}
 PROTOCOLS = ("grpc", "http")
+# The value of {grpc_transport} for each of our servers: "ours" (which also serves batching and
+# rows) runs the fast transport, "grpcio" the reference one.
+GRPC_TRANSPORTS = {"ours": "fast", "grpcio": "grpcio"}
+# Sections measured over fewer protocols than --only selects: the grpcio section compares gRPC
+# transports, so HTTP (the same code under either transport) is not measured there.
+SECTION_PROTOCOLS = {"grpcio": ("grpc",)}
 
 
 def log(message: str) -> None:
@@ -189,6 +206,29 @@ def format_cmd(template: str, **values) -> List[str]:
     return [part.format(**values) for part in shlex.split(template)]
 
 
+def grpcio_server_cmd(args: argparse.Namespace) -> Optional[str]:
+    """The grpcio section's command template: --grpcio-server-cmd, else --server-cmd when it has
+    the {grpc_transport} placeholder (filled in with "grpcio"), else None (cannot be started)."""
+    if getattr(args, "grpcio_server_cmd", None):
+        return args.grpcio_server_cmd
+    if TRANSPORT_PLACEHOLDER in args.server_cmd:
+        return args.server_cmd
+    return None
+
+
+def section_transport(args: argparse.Namespace, section: str) -> Optional[str]:
+    """The gRPC transport our server runs for ``section`` ("ours" or "grpcio"); None where the
+    command template does not say (no {grpc_transport} placeholder)."""
+    template = args.server_cmd if section == "ours" else grpcio_server_cmd(args)
+    if template is None or TRANSPORT_PLACEHOLDER not in template:
+        return None
+    return GRPC_TRANSPORTS[section]
+
+
+def pytriton_installed() -> bool:
+    return importlib.util.find_spec("pytriton") is not None
+
+
 def server_env() -> Dict[str, str]:
     env = dict(os.environ)
     src = ROOT / "src"
@@ -270,10 +310,12 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 class Benchmark:
-    def __init__(self, args: argparse.Namespace, sections: Sequence[str], protocols: Sequence[str]):
+    def __init__(self, args: argparse.Namespace, sections: Sequence[str], protocols: Sequence[str],
+                 notes: Sequence[str] = ()):
         self.args = args
         self.sections = list(sections)
         self.protocols = list(protocols)
+        self.notes = list(notes)  # what the plan left out and why (recorded in meta)
         self.results: List[dict] = []
         self.errors: List[dict] = []
         self.servers: List[dict] = []
@@ -292,10 +334,16 @@ class Benchmark:
         self.loadavg_start = list(os.getloadavg())
         self.workdir: Optional[Path] = None
 
+    def section_protocols(self, section: str) -> List[str]:
+        """The selected protocols that ``section`` measures (grpcio: gRPC only)."""
+        allowed = SECTION_PROTOCOLS.get(section, PROTOCOLS)
+        return [p for p in self.protocols if p in allowed]
+
     def count_steps(self) -> int:
         n_proto, n_conc = len(self.protocols), len(self.args.concurrency)
         steps = 0
         steps += n_proto * n_conc if "ours" in self.sections else 0
+        steps += len(self.section_protocols("grpcio")) * n_conc if "grpcio" in self.sections else 0
         steps += n_proto * n_conc if "peer" in self.sections else 0
         steps += 2 * n_proto if "batching" in self.sections else 0
         steps += n_proto + 1 if "rows" in self.sections else 0
@@ -313,7 +361,7 @@ class Benchmark:
         common = dict(max_batch_size=a.max_batch_size, intra_op_threads=a.intra_op_threads,
                       inter_op_threads=a.inter_op_threads, max_queue_delay_microseconds=a.max_queue_delay_us,
                       onnx_cache=root / "onnx-cache")
-        need_main = [m for m, needed in (("mlp32", {"ours", "peer"}), ("mlp1024", {"batching", "rows"}))
+        need_main = [m for m, needed in (("mlp32", {"ours", "grpcio", "peer"}), ("mlp1024", {"batching", "rows"}))
                      if needed & set(self.sections)]
         if need_main:
             t0 = time.monotonic()
@@ -329,7 +377,7 @@ class Benchmark:
 
     def measure(self, server: ManagedServer, section: str, model: str, protocol: str, concurrency: int,
                 batch_size: int = 1, variant: Optional[str] = None) -> Optional[dict]:
-        label = f"{server.name:<5} {model:<8} {protocol:<4} c={concurrency:<3} b={batch_size:<3}"
+        label = f"{server.name:<6} {model:<8} {protocol:<4} c={concurrency:<3} b={batch_size:<3}"
         if variant:
             label += f" {variant}"
         print(f"{self.progress(label)} ... ", end="", file=sys.stderr, flush=True)
@@ -355,7 +403,8 @@ class Benchmark:
                                 "concurrency": concurrency, "batch_size": batch_size, "variant": variant,
                                 "summary": summary, "error": str(exc)})
             return None
-        record = {"section": section, "server": server.name, "variant": variant, **result.as_dict()}
+        record = {"section": section, "server": server.name, "variant": variant,
+                  "grpc_transport": server.info.get("grpc_transport"), **result.as_dict()}
         self.results.append(record)
         cpu = fmt(result.server_cpu_us_per_request)
         log(f"{result.throughput:8.1f} infer/s  p50 {result.p50_us / 1000:6.2f} ms  "
@@ -384,19 +433,31 @@ class Benchmark:
         return shapes or None
 
     def start_server(self, kind: str, repo: Path, models: Sequence[str], variant: str) -> Optional[ManagedServer]:
+        """Starts "ours" (fast gRPC transport), "grpcio" (our server on grpcio) or "peer"."""
         a = self.args
         http_port, grpc_port = free_port(), free_port()
-        name = "ours" if kind == "ours" else "peer"
-        if kind == "ours":
-            cmd = format_cmd(a.server_cmd, python=sys.executable, repo=str(repo), http_port=http_port,
-                             grpc_port=grpc_port, root=str(ROOT))
+        name = kind if kind in ("ours", "grpcio") else "peer"
+        transport = None
+        if kind in ("ours", "grpcio"):
+            template = a.server_cmd if kind == "ours" else grpcio_server_cmd(a)
+            if template is None:  # main() leaves the section out first; this is for direct callers
+                message = (f"--server-cmd has no {TRANSPORT_PLACEHOLDER} placeholder and there is no "
+                           f"--grpcio-server-cmd: cannot start our server on grpcio")
+                log(f"  cannot start {name}: {message}")
+                self.errors.append({"section": "startup", "server": name, "variant": variant, "summary": message,
+                                    "error": message})
+                self.servers.append({"server": name, "variant": variant, "error": message})
+                return None
+            transport = section_transport(a, kind)
+            cmd = format_cmd(template, python=sys.executable, repo=str(repo), http_port=http_port,
+                             grpc_port=grpc_port, root=str(ROOT), grpc_transport=GRPC_TRANSPORTS[kind])
             headers = dict(a.server_header)
             grpc_headers = dict(a.server_header)
             if a.server_access_token:
                 headers.update(access_headers("http", a.server_access_token))
                 grpc_headers.update(access_headers("grpc", a.server_access_token))
         else:
-            if importlib.util.find_spec("pytriton") is None:
+            if not pytriton_installed():
                 message = "nvidia-pytriton is not installed (bash bench/setup.sh --peer), or use --skip-peer"
                 log(f"  cannot start the peer: {message}")
                 self.errors.append({"section": "startup", "server": "peer", "variant": variant, "summary": message,
@@ -415,7 +476,8 @@ class Benchmark:
             stop_timeout=a.stop_timeout, cpu_affinity=a.server_cpus,
         )
         log(f"starting {name} ({variant}): {shlex.join(cmd)}")
-        info = {"server": name, "variant": variant, "command": cmd, "http_port": http_port, "grpc_port": grpc_port}
+        info = {"server": name, "variant": variant, "command": cmd, "http_port": http_port, "grpc_port": grpc_port,
+                "grpc_transport": transport}
         try:
             server.start()
         except ServerError as exc:
@@ -494,6 +556,19 @@ class Benchmark:
                     finally:
                         self.stop_server(server)
 
+            if "grpcio" in self.sections:
+                grpcio_protocols = self.section_protocols("grpcio")
+                server = self.start_server("grpcio", repos["batching"], ["mlp32"], "batching-on")
+                if server is None:
+                    self.skip_steps(len(grpcio_protocols) * n_c, "our server on grpcio did not start")
+                else:
+                    try:
+                        for protocol in grpcio_protocols:
+                            for c in a.concurrency:
+                                self.measure(server, "grpcio", "mlp32", protocol, c)
+                    finally:
+                        self.stop_server(server)
+
             if "batching" in self.sections:
                 server = self.start_server("ours", repos["nobatch"], ["mlp1024"], "batching-off")
                 if server is None:
@@ -538,22 +613,30 @@ class Benchmark:
                 return r
         return None
 
+    def compare(self, section_a: str, section_b: str, protocols: Sequence[str]) -> List[dict]:
+        """Per protocol and concurrency, section_a's figures over section_b's (where both ran)."""
+        out = []
+        for protocol in protocols:
+            for c in self.args.concurrency:
+                a = self.find(section=section_a, protocol=protocol, concurrency=c)
+                b = self.find(section=section_b, protocol=protocol, concurrency=c)
+                if a and b:
+                    out.append({
+                        "protocol": protocol, "concurrency": c,
+                        "throughput_ratio": ratio(a["throughput"], b["throughput"]),
+                        "p50_ratio": ratio(a["p50_us"], b["p50_us"]),
+                        "p99_ratio": ratio(a["p99_us"], b["p99_us"]),
+                        "cpu_per_request_ratio": ratio(a["server_cpu_us_per_request"],
+                                                       b["server_cpu_us_per_request"]),
+                    })
+        return out
+
     def summarise(self) -> dict:
         a = self.args
-        comparisons, batching, rows = [], [], []
+        batching, rows = [], []
+        comparisons = self.compare("ours", "peer", self.protocols)
+        grpc = [p for p in self.protocols if p == "grpc"]
         for protocol in self.protocols:
-            for c in a.concurrency:
-                ours = self.find(section="ours", protocol=protocol, concurrency=c)
-                peer = self.find(section="peer", protocol=protocol, concurrency=c)
-                if ours and peer:
-                    comparisons.append({
-                        "protocol": protocol, "concurrency": c,
-                        "throughput_ratio": ratio(ours["throughput"], peer["throughput"]),
-                        "p50_ratio": ratio(ours["p50_us"], peer["p50_us"]),
-                        "p99_ratio": ratio(ours["p99_us"], peer["p99_us"]),
-                        "cpu_per_request_ratio": ratio(ours["server_cpu_us_per_request"],
-                                                       peer["server_cpu_us_per_request"]),
-                    })
             on = self.find(section="batching", protocol=protocol, variant="batching-on")
             off = self.find(section="batching", protocol=protocol, variant="batching-off")
             if on and off:
@@ -573,7 +656,11 @@ class Benchmark:
                     "server_cpu_us_per_row": r["server_cpu_us_per_row"],
                     "ort_cpu_us_per_row": self.ort["cpu_us_per_row"],
                 })
-        return {"ours_over_peer": comparisons, "batching": batching, "rows_vs_ort": rows}
+        # The gRPC transports: "ours" runs the fast one, "grpcio" the reference (gRPC only).
+        return {"ours_over_peer": comparisons, "batching": batching, "rows_vs_ort": rows,
+                "fast_over_grpcio": self.compare("ours", "grpcio", grpc),
+                "fast_over_peer": self.compare("ours", "peer", grpc),
+                "grpcio_over_peer": self.compare("grpcio", "peer", grpc)}
 
     def print_tables(self, summary: dict) -> None:
         def perf_rows(section):
@@ -589,7 +676,10 @@ class Benchmark:
 
         headers = ["proto", "conc", "batch", "variant", "infer/s", "p50 ms", "p99 ms", "cpu us/req", "other load",
                    "note"]
-        titles = {"ours": "our server, mlp32", "peer": "Triton via PyTriton (peer), mlp32",
+        ours_transport = " (--grpc-transport fast)" if TRANSPORT_PLACEHOLDER in self.args.server_cmd else ""
+        titles = {"ours": f"our server{ours_transport}, mlp32",
+                  "grpcio": "our server with --grpc-transport grpcio, mlp32 (gRPC only)",
+                  "peer": "Triton via PyTriton (peer), mlp32",
                   "batching": f"mlp1024, one-row requests at concurrency {self.args.batching_concurrency}",
                   "rows": f"mlp1024, {self.args.rows_batch}-row requests at concurrency {self.args.rows_concurrency}"}
         print()
@@ -606,6 +696,7 @@ class Benchmark:
                  fmt(c["p99_ratio"], ".2f"), fmt(c["cpu_per_request_ratio"], ".2f")]
                 for c in summary["ours_over_peer"]]))
             print()
+        self.print_grpc_transports(summary)
         if summary["batching"]:
             print("== dynamic batching on / off (mlp1024) ==")
             print(table(["proto", "conc", "infer/s", "p99", "cpu/req"], [
@@ -629,6 +720,31 @@ class Benchmark:
             for e in self.errors:
                 where = " ".join(str(e[k]) for k in ("section", "server", "protocol", "concurrency") if e.get(k))
                 print(f"- {where}: {e.get('summary') or e['error'].splitlines()[0]}")
+            print()
+
+    def print_grpc_transports(self, summary: dict) -> None:
+        """gRPC, mlp32: fast (ours), grpcio and the peer side by side, then the ratios."""
+        if not self.find(section="grpcio"):
+            return  # without grpcio this is the gRPC half of the ours / peer table
+        names = [("ours", "fast"), ("grpcio", "grpcio"), ("peer", "peer")]
+        body = []
+        for c in self.args.concurrency:
+            for section, label in names:
+                r = self.find(section=section, protocol="grpc", concurrency=c)
+                if r:
+                    body.append([c, label, fmt(r["throughput"], ".1f"), fmt(r["p50_us"] / 1000, ".2f"),
+                                 fmt(r["p99_us"] / 1000, ".2f"), fmt(r["server_cpu_us_per_request"]),
+                                 "" if r["stable"] else "unstable"])
+        print("== gRPC, mlp32: our server on fast and on grpcio, and the peer, side by side ==")
+        print(table(["conc", "server", "infer/s", "p50 ms", "p99 ms", "cpu us/req", "note"], body))
+        print()
+        lines = [(label, c) for key, label in (("fast_over_grpcio", "fast / grpcio"), ("fast_over_peer", "fast / peer"))
+                 for c in summary.get(key, [])]
+        if lines:
+            print("== gRPC ratios, mlp32 (infer/s > 1 is better for fast; p99 and CPU < 1 are) ==")
+            print(table(["ratio", "conc", "infer/s", "p99", "cpu/req"], [
+                [label, c["concurrency"], fmt(c["throughput_ratio"], ".2f"), fmt(c["p99_ratio"], ".2f"),
+                 fmt(c["cpu_per_request_ratio"], ".2f")] for label, c in lines]))
             print()
 
     def meta(self) -> dict:
@@ -661,6 +777,9 @@ class Benchmark:
             "protocols": self.protocols,
             "concurrency": a.concurrency,
             "server_cmd": a.server_cmd,
+            "grpcio_server_cmd": grpcio_server_cmd(a),
+            "grpc_transports": {s: section_transport(a, s) for s in ("ours", "grpcio") if s in self.sections},
+            "notes": self.notes,
             "measurement": {
                 "mode": self.measurement.mode, "request_count": self.measurement.request_count,
                 "interval_ms": self.measurement.interval_ms, "stability_pct": self.measurement.stability_pct,
@@ -716,6 +835,26 @@ def parse_selection(only: Sequence[str], skip_peer: bool, skip_ours: bool, skip_
     return sections, protocols
 
 
+def plan_sections(args: argparse.Namespace, sections: Sequence[str], protocols: Sequence[str]):
+    """Leaves out sections that cannot run as selected; returns (sections, notes).
+
+    The grpcio section measures gRPC only (nothing to do with --only ...,http), and needs a way to
+    start our server on grpcio: the {grpc_transport} placeholder or --grpcio-server-cmd.
+    """
+    sections, notes = list(sections), []
+    if "grpcio" in sections:
+        why = None
+        if "grpc" not in protocols:
+            why = "the grpcio section measures gRPC only, and gRPC is not selected"
+        elif grpcio_server_cmd(args) is None:
+            why = (f"--server-cmd has no {TRANSPORT_PLACEHOLDER} placeholder to pick the gRPC transport; "
+                   f"add it or pass --grpcio-server-cmd")
+        if why:
+            sections.remove("grpcio")
+            notes.append(f"grpcio section left out: {why}")
+    return sections, notes
+
+
 def cpu_list(text: Optional[str]) -> Optional[List[int]]:
     if not text:
         return None
@@ -742,9 +881,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="See docs/benchmarks.md.")
     sel = p.add_argument_group("what to run")
     sel.add_argument("--only", action="append", default=[], metavar="PIECES",
-                     help="comma-separated: ours, peer, batching, rows, mlp32, mlp1024, grpc, http (repeatable)")
+                     help="comma-separated: ours, grpcio, peer, batching, rows, mlp32 (= ours,grpcio,peer), "
+                          "mlp1024 (= batching,rows), grpc, http (repeatable); default: everything")
     sel.add_argument("--skip-peer", action="store_true", help="do not run the PyTriton peer")
-    sel.add_argument("--skip-ours", action="store_true", help="only the peer")
+    sel.add_argument("--skip-ours", action="store_true", help="only the peer (no ours, grpcio, batching, rows)")
     sel.add_argument("--skip-mlp1024", action="store_true", help="no batching / rows sections")
     sel.add_argument("--quick", action="store_true",
                      help="short windows (150 requests, 25%% stability, 4 trials) and a 1 s ORT run")
@@ -752,7 +892,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     srv = p.add_argument_group("servers")
     srv.add_argument("--server-cmd", default=DEFAULT_SERVER_CMD,
-                     help="our server's command; placeholders {python} {repo} {http_port} {grpc_port} {root}")
+                     help="our server's command; placeholders {python} {repo} {http_port} {grpc_port} {root} "
+                          "{grpc_transport} (fast for the ours/batching/rows server, grpcio for the grpcio "
+                          "section). Default: %(default)s")
+    srv.add_argument("--grpcio-server-cmd", default=None, metavar="CMD",
+                     help="the grpcio section's command, same placeholders (default: --server-cmd with "
+                          "{grpc_transport}=grpcio; without that placeholder the section is left out)")
     srv.add_argument("--server-header", type=header_pair, action="append", default=[], metavar="'NAME: VALUE'",
                      help="header (HTTP) / metadata (gRPC) to send to our server, repeatable")
     srv.add_argument("--server-access-token", default=None,
@@ -795,7 +940,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line with the --quick-dependent defaults filled in."""
     args = build_parser().parse_args(argv)
     q = args.quick
     args.request_count = args.request_count or (150 if q else 500)
@@ -803,10 +949,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.max_trials = args.max_trials or (4 if q else 10)
     args.ort_seconds = args.ort_seconds or (1.0 if q else 3.0)
     args.server_header = list(args.server_header)
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
     sections, protocols = parse_selection(args.only, args.skip_peer, args.skip_ours, args.skip_mlp1024)
+    sections, notes = plan_sections(args, sections, protocols)
+    for note in notes:
+        log(note)
     if not sections:
-        raise SystemExit("nothing to run")
-    return Benchmark(args, sections, protocols).run()
+        raise SystemExit("nothing to run" + "".join(f"; {n}" for n in notes))
+    return Benchmark(args, sections, protocols, notes).run()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,12 @@
-"""The gRPC transport over the wire: a real server process, tritonclient (sync and asyncio) as the
-client, and a plain grpcio stub built from our generated classes for what tritonclient will not
-send (malformed raw contents, typed contents)."""
+"""gRPC conformance over the wire, run unchanged against both transports (`--grpc-transport
+grpcio`, the reference, and `fast`, Parity's own HTTP/2 layer): every test runs once per transport
+(ids `[grpcio]` / `[fast]`, select one with `-k`).
+
+Clients: tritonclient (sync and asyncio, unary and streaming) and grpcio's own generated stub
+(`grpc_service_pb2_grpc`), sync and asyncio, for what tritonclient will not send (malformed raw
+contents, typed contents, exact message sizes) and for what it hides (status details, metadata).
+Beyond single calls: deadlines and cancellation of queued requests, 64 MiB messages and the
+message limit, 1,000 concurrent streams on one connection, many connections, request metadata."""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import queue
 import signal
 import time
 import urllib.request
-from contextlib import closing
+from contextlib import closing, contextmanager
 
 import grpc
 import numpy as np
@@ -27,6 +33,8 @@ SIZES = [16, 32, 32, 4]
 MAX_BATCH = 8
 TOKEN = "s3cret"
 MAX_BODY = 1 << 20  # the server's message limit in this module
+BIG_LIMIT = 80 << 20  # the message limit of the big-message server: 64 MiB and headroom
+TRANSPORTS = ["grpcio", "fast"]
 
 
 # -- models ---------------------------------------------------------------------------------------------
@@ -45,6 +53,12 @@ def build_repository(root):
     write_config(
         root / "slow",
         mlp_config(SIZES, max_batch_size=MAX_BATCH, preferred_batch_size=[MAX_BATCH], max_queue_delay_microseconds=30_000_000),
+    )
+    # Queued requests wait 500 ms for a batch of 8, then run: answered after a stream half-closes.
+    write_mlp_onnx(root / "lag" / "1" / "model.onnx", SIZES)
+    write_config(
+        root / "lag",
+        mlp_config(SIZES, max_batch_size=MAX_BATCH, preferred_batch_size=[MAX_BATCH], max_queue_delay_microseconds=500_000),
     )
     write_identity_onnx(root / "ids" / "1" / "model.onnx", TensorProto.INT64, ["batch", "n"])
     write_config(
@@ -94,18 +108,41 @@ def wait_grpc_ready(server: ServerProcess, timeout: float = 60.0) -> None:
     raise RuntimeError(f"gRPC ServerReady not true after {timeout}s (last error: {last}):\n{server.output()}")
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    root = tmp_path_factory.mktemp("repo")
-    weights = build_repository(root)
-    args = ("--admin-token", TOKEN, "--max-body-bytes", str(MAX_BODY), "--repository-poll-secs", "3600")
-    with ServerProcess(root, *args, wait_ready=False) as server:
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def grpc_transport(request) -> str:
+    """The gRPC transport under test: every test of this module runs once for each."""
+    return request.param
+
+
+# The module each transport is served by, and the one it must not load.
+TRANSPORT_MODULES = {"grpcio": ("grpc", "grpc_fast"), "fast": ("grpc_fast", "grpc")}
+
+
+@contextmanager
+def serving(root, grpc_transport: str, *args: str):
+    """A server on `root` with the transport under test, ready over gRPC; on leaving, it must have
+    drained and exited cleanly, with no unexpected error logged.  Its imports are logged
+    (PYTHONPROFILEIMPORTTIME) to check that the transport under test is the one serving."""
+    env = {"PYTHONPROFILEIMPORTTIME": "1"}
+    with ServerProcess(root, "--grpc-transport", grpc_transport, *args, env=env, wait_ready=False) as server:
         wait_grpc_ready(server)
-        yield server, weights
+        imported = {line.rsplit("|", 1)[-1].strip() for line in server.output().splitlines() if line.startswith("import time:")}
+        used, unused = (f"parity.serving.transport.{m}" for m in TRANSPORT_MODULES[grpc_transport])
+        assert used in imported and unused not in imported, (grpc_transport, sorted(m for m in imported if "transport" in m))
+        yield server
         rc = server.stop()
         output = server.output()
     assert rc == 0, output
     assert "Traceback" not in output and "unexpected error" not in output, output
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, grpc_transport):
+    root = tmp_path_factory.mktemp("repo")
+    weights = build_repository(root)
+    args = ("--admin-token", TOKEN, "--max-body-bytes", str(MAX_BODY), "--repository-poll-secs", "3600")
+    with serving(root, grpc_transport, *args) as server:
+        yield server, weights
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +169,39 @@ def stub(url):
     channel.close()
 
 
+# No client-side limit on message sizes: the server's limit is what is under test.
+UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+
+
+@pytest.fixture(scope="module")
+def big_served(tmp_path_factory, grpc_transport):
+    """A server of its own for messages of 64 MiB and more: --max-body-bytes BIG_LIMIT, identity models
+    with one variable dimension."""
+    from onnx import TensorProto
+
+    root = tmp_path_factory.mktemp("big")
+    for name, elem, datatype in (("blob", TensorProto.FLOAT, "FP32"), ("blob64", TensorProto.INT64, "INT64")):
+        write_identity_onnx(root / name / "1" / "model.onnx", elem, ["n"])
+        write_config(
+            root / name,
+            {
+                "platform": "onnxruntime_onnx",
+                "max_batch_size": 0,
+                "inputs": [{"name": "IN", "datatype": datatype, "shape": [-1]}],
+                "outputs": [{"name": "OUT", "datatype": datatype, "shape": [-1]}],
+            },
+        )
+    with serving(root, grpc_transport, "--max-body-bytes", str(BIG_LIMIT), "--repository-poll-secs", "3600") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def big_stub(big_served):
+    channel = grpc.insecure_channel(big_served.grpc_url, options=UNLIMITED)
+    yield pb_grpc.GRPCInferenceServiceStub(channel)
+    channel.close()
+
+
 # -- helpers --------------------------------------------------------------------------------------------
 
 
@@ -139,6 +209,26 @@ def fp32_input(x, name="INPUT0"):
     inp = grpcclient.InferInput(name, list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     return inp
+
+
+def aio_input(x, name="INPUT0", datatype="FP32"):
+    inp = aiogrpcclient.InferInput(name, list(x.shape), datatype)
+    inp.set_data_from_numpy(x)
+    return inp
+
+
+def mlp_request(x, rid="", model="mlp", **kw):
+    """A ModelInferRequest for the MLP with x as raw contents."""
+    return raw_request(model, [("INPUT0", "FP32", list(x.shape))], [x.tobytes()], id=rid, **kw)
+
+
+def mlp_output(resp) -> np.ndarray:
+    assert [(o.name, o.datatype) for o in resp.outputs] == [("OUTPUT0", "FP32")], resp.outputs
+    return np.frombuffer(resp.raw_output_contents[0], "<f4").reshape(list(resp.outputs[0].shape))
+
+
+def assert_mlp(out, x, weights):
+    np.testing.assert_allclose(out, mlp_reference(x, weights), rtol=1e-5, atol=1e-5)
 
 
 def rows(n, seed=0):
@@ -205,41 +295,24 @@ def wait_for(predicate, timeout=5.0):
     return predicate()
 
 
-# -- the hand-written response encoding -------------------------------------------------------------------------
+async def await_for(predicate, timeout=5.0):
+    """wait_for from a coroutine: the (blocking) predicate runs in a thread, the loop goes on."""
+    return await asyncio.to_thread(wait_for, predicate, timeout)
 
 
-def test_response_encoding_matches_protobuf():
-    """The transport writes ModelInferResponse bytes by hand; they must parse as protobuf builds them."""
-    from parity.serving.transport.grpc_service import Wire as _Wire, stream_error as _stream_error, stream_ok as _stream_ok
-    from parity.types import Tensor
-
-    rng = np.random.default_rng(1)
-    big = rng.standard_normal((200, 3)).astype(np.float32)
-    cases = [
-        ("m", "1", "", [Tensor("OUT", "FP32", (2, 4), np.arange(8, dtype=np.float32).reshape(2, 4))]),
-        ("model.with-long_name" * 5, "12", "id-" + "x" * 200, [Tensor("A", "INT64", (300,), np.arange(300, dtype=np.int64))]),
-        ("m", "1", "r", [Tensor("S", "FP64", (), np.array(2.5))]),
-        ("m", "1", "r", [Tensor("T", "FP32", (3, 200), big.T)]),  # not C-contiguous
-        ("m", "1", "r", [Tensor("E", "INT32", (4,), np.arange(4, dtype=">i4"))]),  # big-endian
-        ("m", "1", "r", [Tensor("B", "BYTES", (3,), np.array([b"a", b"", "ü".encode()], dtype=object)),
-                         Tensor("Z", "BOOL", (1, 0), np.zeros((1, 0), bool)),
-                         Tensor("H", "FP16", (70000,), np.ones(70000, np.float16))]),
-    ]  # fmt: skip
-    wire = _Wire()
-    for model, version, rid, outputs in cases:
-        expected = pb.ModelInferResponse(model_name=model, model_version=version, id=rid)
-        for t in outputs:
-            expected.outputs.add(name=t.name, datatype=t.datatype, shape=list(t.data.shape))
-            if t.datatype == "BYTES":
-                expected.raw_output_contents.append(b"".join(len(v).to_bytes(4, "little") + v for v in t.data.ravel()))
-            else:
-                expected.raw_output_contents.append(t.data.astype(t.data.dtype.newbyteorder("<")).tobytes())
-        got = wire.infer_response(model, version, rid, outputs)
-        assert pb.ModelInferResponse.FromString(got) == expected
-        assert got == expected.SerializeToString()
-        assert pb.ModelStreamInferResponse.FromString(_stream_ok(got)).infer_response == expected
-    err = pb.ModelStreamInferResponse.FromString(_stream_error("bad " * 100, "m", "7"))
-    assert err.error_message == "bad " * 100 and err.infer_response.model_name == "m" and err.infer_response.id == "7"
+def connections_to(url) -> set[str]:
+    """The local ends (hex address:port) of this machine's established TCP connections to `url`:
+    each is one HTTP/2 connection a client opened to the server."""
+    port = int(url.rsplit(":", 1)[1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # grpcio connects IPv6 sockets to v4-mapped addresses
+        with open(table) as f:
+            next(f)
+            for line in f:
+                local, remote, state = line.split()[1:4]
+                if state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
+                    found.add(local)
+    return found
 
 
 # -- server and model information -------------------------------------------------------------------------
@@ -373,6 +446,90 @@ def test_typed_contents(stub, weights):
     expect_error(lambda: stub.ModelInfer(bad), "INVALID_ARGUMENT", "fp32_contents has 5 elements", "needs 32")
 
 
+def test_aio_client_infer(url, weights):
+    """tritonclient.grpc.aio: the informational calls, infer for each kind of model, an error."""
+
+    async def run():
+        async with aiogrpcclient.InferenceServerClient(url) as c:
+            assert await c.is_server_live() and await c.is_server_ready()
+            assert await c.is_model_ready("mlp") and not await c.is_model_ready("nope")
+            md = await c.get_model_metadata("mlp", as_json=True)
+            assert md["inputs"] == [{"name": "INPUT0", "datatype": "FP32", "shape": ["-1", str(SIZES[0])]}]
+            x = rows(3, seed=7)
+            result = await c.infer("mlp", [aio_input(x)], request_id="aio-1")
+            assert result.get_response().id == "aio-1"
+            assert_mlp(result.as_numpy("OUTPUT0"), x, weights)
+            a = np.arange(8, dtype=np.float32).reshape(2, 4)
+            result = await c.infer("add", [aio_input(a, "A"), aio_input(a * 2, "B")])
+            np.testing.assert_array_equal(result.as_numpy("SUM"), a * 3)
+            ids = np.array([[-(2**40), 0, 7]], np.int64)
+            np.testing.assert_array_equal((await c.infer("ids", [aio_input(ids, "IN", "INT64")])).as_numpy("OUT"), ids)
+            strs = np.array([b"a", b"", "ü".encode()], dtype=object)
+            assert (await c.infer("strs", [aio_input(strs, "IN", "BYTES")])).as_numpy("OUT").tolist() == strs.tolist()
+            with pytest.raises(InferenceServerException) as info:
+                await c.infer("nope", [aio_input(x)])
+            return info.value
+
+    error = asyncio.run(run())
+    assert error.status() == "StatusCode.NOT_FOUND" and "unknown model 'nope'" in error.message(), error
+
+
+# -- grpcio's own generated client ------------------------------------------------------------------------------
+
+OK = grpc.StatusCode.OK
+CONFORMANCE_MD = (("x-conformance", "stub"),)
+
+
+def test_generated_stub_unary_calls_their_status_and_metadata(stub, weights):
+    """Each unary method through grpcio's generated stub: OK with empty status details and no initial
+    or trailing metadata; an error carries its code and its message as the status details."""
+    calls = [
+        (stub.ServerLive, pb.ServerLiveRequest(), lambda r: r.live),
+        (stub.ServerReady, pb.ServerReadyRequest(), lambda r: r.ready),
+        (stub.ModelReady, pb.ModelReadyRequest(name="mlp", version="1"), lambda r: r.ready),
+        (stub.ModelReady, pb.ModelReadyRequest(name="nope"), lambda r: not r.ready),
+        (stub.ServerMetadata, pb.ServerMetadataRequest(), lambda r: r.name == "parity" and "statistics" in r.extensions),
+        (stub.ModelMetadata, pb.ModelMetadataRequest(name="mlp"), lambda r: r.name == "mlp" and list(r.versions) == ["1"]),
+        (stub.ModelConfig, pb.ModelConfigRequest(name="mlp"), lambda r: r.config.max_batch_size == MAX_BATCH),
+        (stub.ModelStatistics, pb.ModelStatisticsRequest(name="mlp"), lambda r: [m.name for m in r.model_stats] == ["mlp"]),
+        (stub.RepositoryIndex, pb.RepositoryIndexRequest(), lambda r: "mlp" in {m.name for m in r.models}),
+    ]
+    for method, request, check in calls:
+        response, call = method.with_call(request, metadata=CONFORMANCE_MD, timeout=10)
+        assert check(response), (request, response)
+        assert (call.code(), call.details()) == (OK, ""), request
+        assert call.initial_metadata() == () and call.trailing_metadata() == (), request
+
+    x = rows(4, seed=8)
+    response, call = stub.ModelInfer.with_call(mlp_request(x, "stub-1"), metadata=CONFORMANCE_MD, timeout=10)
+    assert (response.model_name, response.model_version, response.id) == ("mlp", "1", "stub-1")
+    assert_mlp(mlp_output(response), x, weights)
+    assert (call.code(), call.details(), call.initial_metadata(), call.trailing_metadata()) == (OK, "", (), ())
+    # the future API: eight calls in flight at once on the channel
+    futures = [stub.ModelInfer.future(mlp_request(rows(i + 1, seed=i), f"f{i}"), timeout=10) for i in range(MAX_BATCH)]
+    for i, f in enumerate(futures):
+        response = f.result()
+        assert response.id == f"f{i}" and f.code() == OK
+        assert_mlp(mlp_output(response), rows(i + 1, seed=i), weights)
+
+    # errors: the code, the message as the details, no metadata
+    for call, code, fragment in [
+        (lambda: stub.ModelInfer(mlp_request(x, model="nope"), metadata=CONFORMANCE_MD), "NOT_FOUND", "unknown model 'nope'"),
+        (lambda: stub.ModelInfer(mlp_request(rows(MAX_BATCH + 1))), "INVALID_ARGUMENT", f"batch size {MAX_BATCH + 1}"),
+        (lambda: stub.ModelConfig(pb.ModelConfigRequest(name="mlp", version="3")), "NOT_FOUND", "version 3"),
+        (lambda: stub.ModelStatistics(pb.ModelStatisticsRequest(name="nope")), "NOT_FOUND", "unknown model 'nope'"),
+        (lambda: stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="spare")), "UNAUTHENTICATED", "Bearer"),
+    ]:
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        e = info.value
+        assert (e.code(), e.initial_metadata(), e.trailing_metadata()) == (getattr(grpc.StatusCode, code), (), ()), e
+        assert fragment in e.details(), e.details()
+
+
+# -- streaming ------------------------------------------------------------------------------------------------
+
+
 def test_stream_infer_with_an_error_in_the_middle(url, weights):
     client = grpcclient.InferenceServerClient(url)
     results: queue.Queue = queue.Queue()
@@ -420,8 +577,132 @@ def test_cancelled_stream_drops_its_queued_requests(served, url, client):
     finally:
         stream_client.stop_stream(cancel_requests=True)
         stream_client.close()
+    assert wait_for(lambda: pending(served[0].http_url, "slow") == 0)
     assert wait_for(lambda: failures(served, "slow", "cancelled") == cancels + 2)
     assert int(stats_of(client, "slow").get("execution_count", 0)) == 0
+
+
+def test_stream_half_close_waits_for_the_queued_answers(served, url, weights):
+    """stop_stream() half-closes the stream while its requests are still queued in the server: they
+    are answered before the stream ends, and stop_stream() returns only then."""
+    xs = {str(i): rows(i + 1, seed=30 + i) for i in range(3)}  # 6 rows: no full batch, they wait 500 ms
+    client = grpcclient.InferenceServerClient(url)
+    results: queue.Queue = queue.Queue()
+    try:
+        client.start_stream(callback=lambda result, error: results.put((result, error)), headers={"x-conformance": "half-close"})
+        for rid, x in xs.items():
+            client.async_stream_infer("lag", [fp32_input(x)], request_id=rid)
+        assert wait_for(lambda: pending(served[0].http_url, "lag") == len(xs))
+        assert results.empty()
+        client.stop_stream()
+    finally:
+        client.close()
+    got = {}
+    while not results.empty():
+        result, error = results.get_nowait()
+        assert error is None, error
+        got[result.get_response().id] = result.as_numpy("OUTPUT0")
+    assert sorted(got) == sorted(xs)
+    for rid, x in xs.items():
+        assert_mlp(got[rid], x, weights)
+
+
+def test_aio_stream_infer_ping_pong(url, weights):
+    """tritonclient.grpc.aio stream_infer: each request is sent only once the previous one is answered
+    (answers flow while the client's side of the stream is open); an error answer does not end the
+    stream; the stream ends once the request iterator is exhausted and everything is answered."""
+    xs = [rows(i + 1, seed=50 + i) for i in range(4)]
+    a = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+    async def run():
+        answered: asyncio.Queue = asyncio.Queue()
+
+        async def requests():
+            for i, x in enumerate(xs):
+                yield {"model_name": "mlp", "inputs": [aio_input(x)], "request_id": str(i)}
+                await asyncio.wait_for(answered.get(), 10)
+                if i == 1:
+                    bad = np.ones((1, SIZES[0] + 1), np.float32)
+                    yield {"model_name": "mlp", "inputs": [aio_input(bad)], "request_id": "bad"}
+                    await asyncio.wait_for(answered.get(), 10)
+            yield {"model_name": "add", "inputs": [aio_input(a, "A"), aio_input(a, "B")], "request_id": "add"}
+
+        async with aiogrpcclient.InferenceServerClient(url) as c:
+            got = []
+            async for result, error in c.stream_infer(requests(), headers={"x-conformance": "aio-stream"}):
+                got.append((result, error))
+                answered.put_nowait(None)
+            return got
+
+    got = asyncio.run(run())
+    assert [r.get_response().id if r else None for r, _ in got] == ["0", "1", None, "2", "3", "add"]
+    for i, j in enumerate((0, 1, 3, 4)):
+        result, error = got[j]
+        assert error is None and result.get_response().model_name == "mlp"
+        assert_mlp(result.as_numpy("OUTPUT0"), xs[i], weights)
+    assert "has shape [1, 17]" in got[2][1].message(), got[2][1]
+    np.testing.assert_array_equal(got[5][0].as_numpy("SUM"), a + a)
+
+
+@pytest.mark.parametrize("end", ["cancel", "deadline"])
+def test_aio_stream_ending_early_drops_its_queued_requests(served, url, client, end):
+    """An asyncio stream with two requests queued (on 'slow', never executed) is cancelled by the
+    client, or its gRPC deadline passes: the server drops both, nothing is executed."""
+    http = served[0].http_url
+    before = stats_of(client, "slow")
+    lost = failures(served, "slow", "cancelled") + failures(served, "slow", "timeout")
+
+    async def run():
+        async with aiogrpcclient.InferenceServerClient(url) as c:
+
+            async def requests():
+                for i in range(2):
+                    yield {"model_name": "slow", "inputs": [aio_input(rows(1))], "request_id": str(i)}
+
+            responses = c.stream_infer(requests(), stream_timeout=1.0 if end == "deadline" else None)
+            first = asyncio.ensure_future(responses.__anext__())
+            assert await await_for(lambda: pending(http, "slow") == 2)
+            assert not first.done()
+            if end == "cancel":
+                responses.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await first
+            else:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await first
+                assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, info.value
+
+    asyncio.run(run())
+    assert wait_for(lambda: pending(http, "slow") == 0)
+    assert wait_for(lambda: failures(served, "slow", "cancelled") + failures(served, "slow", "timeout") == lost + 2)
+    after = stats_of(client, "slow")
+    assert count(after, "fail") == count(before, "fail") + 2
+    assert int(after.get("execution_count", 0)) == 0 and count(after, "success") == 0
+
+
+def test_generated_stub_stream_infer(stub, weights):
+    """ModelStreamInfer through grpcio's generated client: an error is answered in-band with the
+    request's model and id; the stream ends OK, with no metadata, once the client half-closes and
+    everything is answered."""
+    xs = {f"s{i}": rows(i + 1, seed=40 + i) for i in range(5)}
+    requests = [mlp_request(x, rid) for rid, x in xs.items()]
+    requests.insert(2, mlp_request(np.ones((1, SIZES[0] + 1), np.float32), "bad"))
+    requests.append(mlp_request(rows(1), "unknown", model="nope"))
+    call = stub.ModelStreamInfer(iter(requests), metadata=CONFORMANCE_MD, timeout=30)
+    responses = list(call)
+    assert (call.code(), call.details(), call.initial_metadata(), call.trailing_metadata()) == (OK, "", (), ())
+    assert len(responses) == len(requests)
+    answers = {r.infer_response.id: r.infer_response for r in responses if not r.error_message}
+    errors = {r.infer_response.id: r for r in responses if r.error_message}
+    assert sorted(answers) == sorted(xs) and sorted(errors) == ["bad", "unknown"]
+    for rid, x in xs.items():
+        assert (answers[rid].model_name, answers[rid].model_version) == ("mlp", "1")
+        assert_mlp(mlp_output(answers[rid]), x, weights)
+    assert "has shape [1, 17]" in errors["bad"].error_message and errors["bad"].infer_response.model_name == "mlp"
+    assert "unknown model 'nope'" in errors["unknown"].error_message and errors["unknown"].infer_response.model_name == "nope"
+
+
+# -- concurrency ------------------------------------------------------------------------------------------------
 
 
 def test_hundreds_of_concurrent_requests_of_mixed_batch_sizes(url, weights):
@@ -450,6 +731,59 @@ def test_hundreds_of_concurrent_requests_of_mixed_batch_sizes(url, weights):
         np.testing.assert_allclose(out, mlp_reference(xs[i], weights), rtol=1e-5, atol=1e-5)
 
 
+def test_a_thousand_concurrent_streams_on_one_connection(url, weights):
+    """1,000 ModelInfer calls at once on one grpc.aio channel: one HTTP/2 connection carrying 1,000
+    concurrent streams; every call answered, each with its own answer."""
+    rng = np.random.default_rng(1000)
+    xs = [rng.standard_normal((int(n), SIZES[0])).astype(np.float32) for n in rng.integers(1, 4, size=1000)]
+    before = connections_to(url)
+
+    async def run():
+        async with grpc.aio.insecure_channel(url) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            answers = await asyncio.gather(*(stub.ModelInfer(mlp_request(x, str(i)), timeout=60) for i, x in enumerate(xs)))
+            return answers, connections_to(url) - before
+
+    answers, opened = asyncio.run(run())
+    assert len(opened) == 1, opened
+    assert len(answers) == len(xs)
+    for i, response in enumerate(answers):
+        assert response.id == str(i)
+        assert_mlp(mlp_output(response), xs[i], weights)
+
+
+def test_many_connections_at_once(url, weights):
+    """64 channels, each its own connection (no shared subchannel), each with 4 calls in flight."""
+    n_channels, per_channel = 64, 4
+    rng = np.random.default_rng(64)
+    xs = [[rng.standard_normal((int(rng.integers(1, 4)), SIZES[0])).astype(np.float32) for _ in range(per_channel)]
+          for _ in range(n_channels)]  # fmt: skip
+    before = connections_to(url)
+
+    async def run():
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        channels = [grpc.aio.insecure_channel(url, options=options) for _ in range(n_channels)]
+        try:
+
+            async def on(channel, c):
+                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                return await asyncio.gather(
+                    *(stub.ModelInfer(mlp_request(x, f"{c}.{k}"), timeout=60) for k, x in enumerate(xs[c]))
+                )
+
+            answers = await asyncio.gather(*(on(ch, c) for c, ch in enumerate(channels)))
+            return answers, connections_to(url) - before
+        finally:
+            await asyncio.gather(*(ch.close() for ch in channels))
+
+    answers, opened = asyncio.run(run())
+    assert len(opened) == n_channels, opened
+    for c, responses in enumerate(answers):
+        for k, response in enumerate(responses):
+            assert response.id == f"{c}.{k}"
+            assert_mlp(mlp_output(response), xs[c][k], weights)
+
+
 # -- bad requests ---------------------------------------------------------------------------------------------
 
 
@@ -465,9 +799,7 @@ def test_bad_requests_are_refused_with_a_helpful_message(client, stub, weights):
     expect_error(_tc_infer(client, "mlp", [ok], model_version="9"), "NOT_FOUND", "no ready version 9")
     only_a = [fp32_input(np.ones((1, 4), np.float32), "A")]
     expect_error(_tc_infer(client, "add", only_a), "INVALID_ARGUMENT", "needs input(s) ['B']")
-    expect_error(
-        _tc_infer(client, "mlp", [ok, fp32_input(x, "EXTRA")]), "INVALID_ARGUMENT", "no input 'EXTRA'", "INPUT0"
-    )
+    expect_error(_tc_infer(client, "mlp", [ok, fp32_input(x, "EXTRA")]), "INVALID_ARGUMENT", "no input 'EXTRA'", "INPUT0")
     f64 = grpcclient.InferInput("INPUT0", list(x.shape), "FP64")
     f64.set_data_from_numpy(x.astype(np.float64))
     expect_error(_tc_infer(client, "mlp", [f64]), "INVALID_ARGUMENT", "datatype FP64", "expects FP32")
@@ -538,15 +870,91 @@ def test_message_over_the_limit_is_resource_exhausted(client):
     assert client.is_server_ready()
 
 
+# -- 64 MiB messages and the message limit (a server of their own) -----------------------------------------
+
+
+def exact_size_request(total: int) -> tuple[pb.ModelInferRequest, bytes]:
+    """A valid request for 'blob' (FP32 identity) whose serialized size is exactly `total` bytes,
+    padded through its id, and its raw contents."""
+    n = (total - 64) // 4
+    raw = np.random.default_rng(total).random(n, dtype=np.float32).tobytes()
+    out = pb.ModelInferRequest.InferRequestedOutputTensor(name="OUT")  # makes the request longer than its answer
+    req = raw_request("blob", [("IN", "FP32", [n])], [raw], model_version="1", outputs=[out])
+    pad = total - req.ByteSize() - 2  # the id field: a 1-byte tag, a 1-byte length, the id
+    assert 0 < pad < 128, pad
+    req.id = "p" * pad
+    assert req.ByteSize() == total
+    return req, raw
+
+
+def test_64_mib_messages_round_trip_byte_exact(big_served, big_stub):
+    """A 64 MiB FP32 tensor through grpcio's stub and a 64 MiB INT64 tensor through tritonclient (its
+    channel allows 2 GiB): the 64 MiB answers are the inputs, byte for byte."""
+    n = (64 << 20) // 4
+    raw = np.random.default_rng(64).random(n, dtype=np.float32).tobytes()
+    response, call = big_stub.ModelInfer.with_call(raw_request("blob", [("IN", "FP32", [n])], [raw], id="64MiB"), timeout=60)
+    assert call.code() == OK
+    assert (response.model_name, response.id, response.outputs[0].datatype) == ("blob", "64MiB", "FP32")
+    assert list(response.outputs[0].shape) == [n] and len(response.raw_output_contents) == 1
+    assert response.raw_output_contents[0] == raw
+    del response, raw
+
+    x = np.random.default_rng(65).integers(-(2**62), 2**62, size=(64 << 20) // 8, dtype=np.int64)
+    inp = grpcclient.InferInput("IN", list(x.shape), "INT64")
+    inp.set_data_from_numpy(x)
+    with closing(grpcclient.InferenceServerClient(big_served.grpc_url)) as client:
+        out = client.infer("blob64", [inp], client_timeout=60).as_numpy("OUT")
+    assert out.dtype == np.int64 and out.shape == x.shape
+    assert out.tobytes() == x.tobytes()
+
+
+def test_message_limit_is_exact_and_the_connection_survives_a_refusal(big_served, big_stub):
+    """A message of exactly --max-body-bytes is served; one byte more is refused with
+    RESOURCE_EXHAUSTED naming the limit, and the same connection goes on serving."""
+    url = big_served.grpc_url
+    req, raw = exact_size_request(BIG_LIMIT)
+    response = big_stub.ModelInfer(req, timeout=60)
+    n = len(raw) // 4
+    expected = pb.ModelInferResponse(model_name="blob", model_version="1", id=req.id, raw_output_contents=[raw])
+    expected.outputs.add(name="OUT", datatype="FP32", shape=[n])
+    assert expected.ByteSize() <= BIG_LIMIT  # the answer is within the limit too
+    assert response == expected
+    del req, response, expected
+    connections = connections_to(url)
+    assert len(connections) == 1, connections
+
+    over, _ = exact_size_request(BIG_LIMIT + 1)
+    expect_error(lambda: big_stub.ModelInfer(over, timeout=60), "RESOURCE_EXHAUSTED", str(BIG_LIMIT))
+    small = np.arange(10, dtype=np.float32)
+    response = big_stub.ModelInfer(raw_request("blob", [("IN", "FP32", [10])], [small.tobytes()]), timeout=10)
+    assert response.raw_output_contents[0] == small.tobytes()
+    assert connections_to(url) == connections
+
+
 # -- deadlines and cancellation ------------------------------------------------------------------------------
 
 
-def test_grpc_deadline_expiring_while_queued(served, client):
+async def aio_infer(url, model, x, **kw):
+    async with aiogrpcclient.InferenceServerClient(url) as c:
+        return await c.infer(model, [aio_input(x)], **kw)
+
+
+@pytest.mark.parametrize("via", ["tritonclient", "tritonclient-aio", "stub"])
+def test_grpc_deadline_expiring_while_queued(served, url, client, stub, via):
+    """A gRPC deadline (grpc-timeout) passing while the request waits in the queue: DEADLINE_EXCEEDED
+    in time, counted by the server as a timeout, and the request is never executed."""
+    x = rows(1)
+    call = {
+        "tritonclient": lambda: client.infer("slow", [fp32_input(x)], client_timeout=0.3),
+        "tritonclient-aio": lambda: asyncio.run(aio_infer(url, "slow", x, client_timeout=0.3)),
+        "stub": lambda: stub.ModelInfer(mlp_request(x, model="slow"), timeout=0.3),
+    }[via]
     before, timeouts = stats_of(client, "slow"), failures(served, "slow", "timeout")
     t = time.monotonic()
-    expect_error(_tc_infer(client, "slow", [fp32_input(rows(1))], client_timeout=0.3), "DEADLINE_EXCEEDED")
+    expect_error(call, "DEADLINE_EXCEEDED")
     assert time.monotonic() - t < 5
     assert wait_for(lambda: failures(served, "slow", "timeout") == timeouts + 1)
+    assert wait_for(lambda: pending(served[0].http_url, "slow") == 0)
     after = stats_of(client, "slow")
     assert count(after, "fail") == count(before, "fail") + 1
     assert int(after.get("execution_count", 0)) == 0 and count(after, "success") == 0
@@ -560,30 +968,36 @@ def test_timeout_parameter_expiring_while_queued(served, client):
     after = stats_of(client, "slow")
     assert count(after, "fail") == count(before, "fail") + 1
     assert failures(served, "slow", "timeout") == timeouts + 1
+    assert pending(served[0].http_url, "slow") == 0
     assert int(after.get("execution_count", 0)) == 0
 
 
-def test_client_cancel_drops_the_queued_request(served, url, client):
+@pytest.mark.parametrize("via", ["tritonclient-aio", "stub-future"])
+def test_client_cancel_drops_the_queued_request(served, url, client, stub, via):
+    """A client cancels its call (RST_STREAM) while the request waits in the queue: the server drops
+    it (the pending gauge goes back to 0), counts it as cancelled and never executes it."""
+    http = served[0].http_url
     before, cancels = stats_of(client, "slow"), failures(served, "slow", "cancelled")
 
     async def run():
-        aclient = aiogrpcclient.InferenceServerClient(url)
-        try:
-            inp = aiogrpcclient.InferInput("INPUT0", [1, SIZES[0]], "FP32")
-            inp.set_data_from_numpy(rows(1))
-            task = asyncio.ensure_future(aclient.infer("slow", [inp]))
-            for _ in range(100):  # until the request is queued in the server
-                await asyncio.sleep(0.05)
-                if await asyncio.to_thread(pending, served[0].http_url, "slow") == 1:
-                    break
+        async with aiogrpcclient.InferenceServerClient(url) as c:
+            task = asyncio.ensure_future(c.infer("slow", [aio_input(rows(1))]))
+            assert await await_for(lambda: pending(http, "slow") == 1)  # queued in the server
             assert not task.done()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-        finally:
-            await aclient.close()
 
-    asyncio.run(run())
+    if via == "tritonclient-aio":
+        asyncio.run(run())
+    else:
+        future = stub.ModelInfer.future(mlp_request(rows(1), model="slow"))
+        assert wait_for(lambda: pending(http, "slow") == 1)
+        assert not future.done()
+        assert future.cancel()
+        with pytest.raises(grpc.FutureCancelledError):
+            future.result()
+    assert wait_for(lambda: pending(http, "slow") == 0)
     assert wait_for(lambda: failures(served, "slow", "cancelled") == cancels + 1)
     after = stats_of(client, "slow")
     assert count(after, "fail") == count(before, "fail") + 1
@@ -612,10 +1026,64 @@ def test_statistics(client):
     expect_error(lambda: client.get_inference_statistics("nope"), "NOT_FOUND", "unknown model 'nope'")
 
 
+# -- request metadata and compression ---------------------------------------------------------------------
+
+
+def test_custom_request_metadata_changes_nothing(client, stub, url, weights):
+    """Metadata the server does not use: custom keys, a repeated key, a binary (-bin) value, a 1 KiB
+    value, an empty value, an authorization header on calls that need none; unary and streaming."""
+    x = rows(2, seed=60)
+    headers = {
+        "x-request-origin": "conformance",
+        "x-trace-id": "0af7651916cd43dd8448eb211c80319c",
+        "authorization": "Bearer nope",
+    }
+    assert_mlp(client.infer("mlp", [fp32_input(x)], headers=headers).as_numpy("OUTPUT0"), x, weights)
+    assert client.is_model_ready("mlp", headers=headers)
+    metadata = (
+        ("x-custom", "a"),
+        ("x-custom", "b"),
+        ("x-blob-bin", bytes(range(256))),
+        ("x-long", "v" * 1024),
+        ("x-empty", ""),
+        ("authorization", "Bearer nope"),
+    )
+    response, call = stub.ModelInfer.with_call(mlp_request(x, "md"), metadata=metadata, timeout=10)
+    assert response.id == "md" and call.code() == OK
+    assert_mlp(mlp_output(response), x, weights)
+    assert stub.ServerReady(pb.ServerReadyRequest(), metadata=metadata).ready
+    (streamed,) = stub.ModelStreamInfer(iter([mlp_request(x, "md-stream")]), metadata=metadata, timeout=10)
+    assert not streamed.error_message and streamed.infer_response.id == "md-stream"
+    assert_mlp(mlp_output(streamed.infer_response), x, weights)
+
+    async def run():
+        async with aiogrpcclient.InferenceServerClient(url) as c:
+            return (await c.infer("mlp", [aio_input(x)], headers=headers)).as_numpy("OUTPUT0")
+
+    assert_mlp(asyncio.run(run()), x, weights)
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_messages(client, stub, weights, algorithm):
+    """Messages the client compresses (grpc-encoding gzip / deflate: tritonclient's and perf_analyzer's
+    compression option) are answered; the limit applies to the decompressed message."""
+    x = rows(3, seed=70)
+    result = client.infer("mlp", [fp32_input(x)], compression_algorithm=algorithm)
+    assert_mlp(result.as_numpy("OUTPUT0"), x, weights)
+    compression = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}[algorithm]
+    (streamed,) = stub.ModelStreamInfer(iter([mlp_request(x, "z")]), compression=compression, timeout=10)
+    assert not streamed.error_message and streamed.infer_response.id == "z"
+    assert_mlp(mlp_output(streamed.infer_response), x, weights)
+    zeros = np.zeros((1, 2 * MAX_BODY // 8), np.int64)  # 2 MiB, a few KiB compressed
+    request = raw_request("ids", [("IN", "INT64", list(zeros.shape))], [zeros.tobytes()])
+    expect_error(lambda: stub.ModelInfer(request, compression=compression, timeout=10), "RESOURCE_EXHAUSTED")
+    assert client.is_server_ready()
+
+
 # -- repository administration ----------------------------------------------------------------------------------
 
 
-def test_repository_load_and_unload_need_the_admin_token(client):
+def test_repository_load_and_unload_need_the_admin_token(client, stub):
     expect_error(lambda: client.unload_model("spare"), "UNAUTHENTICATED", "authorization: Bearer")
     expect_error(lambda: client.unload_model("spare", headers={"authorization": "Bearer wrong"}), "PERMISSION_DENIED")
     expect_error(lambda: client.load_model("spare", headers={"authorization": "Bearer wrong"}), "PERMISSION_DENIED")
@@ -628,6 +1096,18 @@ def test_repository_load_and_unload_need_the_admin_token(client):
     assert client.is_model_ready("spare")
     client.infer("spare", [fp32_input(rows(1))])
     expect_error(lambda: client.load_model("spare", headers=auth, config="{}"), "UNIMPLEMENTED", "parameters")
+    # the same through grpcio's stub: the token travels as request metadata
+    bearer = (("authorization", f"Bearer {TOKEN}"),)
+    stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="spare"), metadata=bearer)
+    assert not stub.ModelReady(pb.ModelReadyRequest(name="spare")).ready
+    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="spare"), metadata=bearer)
+    assert stub.ModelReady(pb.ModelReadyRequest(name="spare")).ready
+    expect_error(
+        lambda: stub.RepositoryModelLoad(
+            pb.RepositoryModelLoadRequest(model_name="spare"), metadata=(("authorization", "Bearer x"),)
+        ),
+        "PERMISSION_DENIED",
+    )
 
 
 def test_loading_an_unknown_model_is_not_found_and_the_server_stays_ready(client):
@@ -639,14 +1119,14 @@ def test_loading_an_unknown_model_is_not_found_and_the_server_stays_ready(client
 # -- shutdown -----------------------------------------------------------------------------------------------------
 
 
-def test_sigterm_answers_accepted_requests_and_refuses_new_ones(tmp_path):
+def test_sigterm_answers_accepted_requests_and_refuses_new_ones(tmp_path, grpc_transport):
     weights = write_mlp_onnx(tmp_path / "m" / "1" / "model.onnx", SIZES)
     # requests wait up to 1 s for a batch of 8 that never fills: they are queued when SIGTERM comes
     write_config(
         tmp_path / "m", mlp_config(SIZES, max_batch_size=8, preferred_batch_size=[8], max_queue_delay_microseconds=1_000_000)
     )
     with (
-        ServerProcess(tmp_path, wait_ready=False) as server,
+        ServerProcess(tmp_path, "--grpc-transport", grpc_transport, wait_ready=False) as server,
         closing(grpcclient.InferenceServerClient(server.grpc_url)) as stream_client,
     ):
         wait_grpc_ready(server)
