@@ -376,7 +376,7 @@ class GrpcConnection(H2Connection):
             log.exception("encoding a gRPC inference response failed")
             self._error(stream, InternalError(f"internal error encoding the response: {type(e).__name__}: {e}"))
             return
-        self.send_response(stream, RESPONSE_HEAD, b"\x00" + len(body).to_bytes(4, "big") + body, TRAILERS_OK)
+        self.send_response(stream, RESPONSE_HEAD, body, TRAILERS_OK, b"\x00" + len(body).to_bytes(4, "big"))
 
     # ModelStreamInfer
 
@@ -462,7 +462,7 @@ class GrpcConnection(H2Connection):
             return
         stream.task = None
         body = response if type(response) is bytes else response.SerializeToString()
-        self.send_response(stream, RESPONSE_HEAD, b"\x00" + len(body).to_bytes(4, "big") + body, TRAILERS_OK)
+        self.send_response(stream, RESPONSE_HEAD, body, TRAILERS_OK, b"\x00" + len(body).to_bytes(4, "big"))
 
     # -- answers ----------------------------------------------------------------------------------
 

@@ -85,6 +85,12 @@ _GOAWAY = struct.Struct(">LL")
 _SETTING = struct.Struct(">HL")
 
 
+# type and flags bytes of the frames every answer has
+_HEADERS_END_HEADERS = bytes([HEADERS, END_HEADERS])
+_HEADERS_END_STREAM = bytes([HEADERS, END_HEADERS | END_STREAM])
+_DATA_NO_FLAGS = bytes([DATA, 0])
+
+
 def frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
     n = len(payload)
     return _HEAD.pack(n >> 16, n & 0xFFFF, ftype, flags, sid) + payload
@@ -670,33 +676,33 @@ class H2Connection(asyncio.Protocol):
         stream.headers_sent = True
         self._write(self._headers_frames(stream.id, block, False))
 
-    def send_response(self, stream: H2Stream, head: bytes, data: bytes, trailers: bytes) -> None:
-        """Headers, one body and trailers: one write when the windows allow, else queued."""
+    def send_response(self, stream: H2Stream, head: bytes, body: bytes, trailers: bytes, prefix: bytes = b"") -> None:
+        """Headers, one DATA payload (`prefix` + `body`) and trailers: one write when the windows
+        allow, else queued behind the windows."""
         if stream.closed:
             return
-        n = len(data)
-        sid = stream.id
-        if n <= stream.send_window and n <= self.send_window and n <= self.peer_max_frame and not stream.outq:
+        n = len(prefix) + len(body)
+        limit = self.peer_max_frame
+        if n <= stream.send_window and n <= self.send_window and n <= limit and not stream.outq and len(head) <= limit and len(trailers) <= limit:
             stream.send_window -= n
             self.send_window -= n
-            if len(head) <= self.peer_max_frame and len(trailers) <= self.peer_max_frame:
-                hs = head.__len__()
-                ts = trailers.__len__()
-                self._write(
-                    _HEAD.pack(hs >> 16, hs & 0xFFFF, HEADERS, END_HEADERS, sid)
-                    + head
-                    + _HEAD.pack(n >> 16, n & 0xFFFF, DATA, 0, sid)
-                    + data
-                    + _HEAD.pack(ts >> 16, ts & 0xFFFF, HEADERS, END_HEADERS | END_STREAM, sid)
-                    + trailers
+            sid = stream.id.to_bytes(4, "big")
+            hs = len(head)
+            ts = len(trailers)
+            self._write(
+                b"".join(
+                    (
+                        hs.to_bytes(3, "big"), _HEADERS_END_HEADERS, sid, head,
+                        n.to_bytes(3, "big"), _DATA_NO_FLAGS, sid, prefix, body,
+                        ts.to_bytes(3, "big"), _HEADERS_END_STREAM, sid, trailers,
+                    )
                 )
-            else:
-                self._write(self._headers_frames(sid, head, False) + frame(DATA, 0, sid, data) + self._headers_frames(sid, trailers, True))
+            )  # fmt: skip
             stream.headers_sent = True
             self._end_stream(stream)
             return
         self.send_headers(stream, head)
-        self.send_data(stream, data)
+        self.send_data(stream, prefix + body if prefix else body)
         self.send_trailers(stream, trailers)
 
     def send_data(self, stream: H2Stream, data) -> None:
