@@ -100,6 +100,34 @@ def test_full_queue_refuses_at_once_and_dead_items_free_their_place():
     assert [it.tag for it in b.take(now=0).batch] == ["", "new"]
 
 
+def test_a_flood_against_a_full_queue_costs_linear_time_and_dead_places_are_still_found():
+    scans = 0
+
+    class Counted(It):
+        def alive(self):
+            nonlocal scans
+            scans += 1
+            return self.live
+
+    b = Batcher(max_batch_size=4, max_queue_size=1024)
+    queued = [Counted(1) for _ in range(1024)]
+    for it in queued:
+        b.put((), it)
+    for _ in range(10_000):
+        with pytest.raises(QueueFull):
+            b.put((), It(1))
+    assert scans <= 10_000 * 20  # a scan of the whole queue per refusal would be 10 million
+    queued[7].live = False  # one client gives up: its place is found within count/16 refusals
+    refused = 0
+    while True:
+        try:
+            b.put((), It(1, tag="in"))
+            break
+        except QueueFull:
+            refused += 1
+    assert refused <= 1024 // 16
+
+
 def test_expired_requests_are_handed_back_and_never_batched():
     b = Batcher(max_batch_size=4)
     b.put((), It(1, deadline=0.5, tag="late"))

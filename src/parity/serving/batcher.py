@@ -62,6 +62,7 @@ class Batcher:
         self._queues: dict[Hashable, deque] = {}
         self._count = 0  # queued items, including dead ones not yet purged
         self.rows = 0  # their rows
+        self._refused = 0  # refusals since the last purge of a full queue
 
     def __len__(self) -> int:
         return self._count
@@ -76,7 +77,12 @@ class Batcher:
 
     def put(self, signature: Hashable, item: Item) -> None:
         if self.max_queue_size and self._count >= self.max_queue_size:
-            self.purge()
+            # A full queue may hold dead (cancelled) requests: purge them, but not on every
+            # refusal -- a scan per refused request would make a flood quadratic.
+            self._refused += 1
+            if self._refused * 16 >= self._count:
+                self._refused = 0
+                self.purge()
             if self._count >= self.max_queue_size:
                 raise QueueFull(self._count)
         q = self._queues.get(signature)

@@ -74,6 +74,8 @@ STREAM_WINDOW = 1 << 20
 CONN_WINDOW = 16 << 20
 # The largest frame we accept.
 MAX_FRAME_IN = 1 << 20
+# Frames handled per read before the rest wait for the next event-loop iteration.
+FRAMES_PER_TURN = 512
 # How long a closing connection waits for the peer to close its side.
 LINGER_S = 2.0
 # ... and how much it reads (and drops) meanwhile before it gives up on the peer.
@@ -211,6 +213,7 @@ class H2Connection(asyncio.Protocol):
         self._flush_scheduled = False
         self.write_paused = False
         self.read_paused = False
+        self._yielding = False  # frames of a read wait for the next turn
         self.goaway_sent = False
         self.draining = False
         self.closed = False
@@ -262,7 +265,20 @@ class H2Connection(asyncio.Protocol):
                 pos = 24
             n = len(data)
             unpack = _HEAD.unpack_from
+            budget = FRAMES_PER_TURN
             while n - pos >= 9:
+                budget -= 1
+                if not budget:
+                    # This read holds more frames than one turn takes: the rest wait for the
+                    # next loop iteration (and reading pauses), so that other connections and
+                    # the batcher get their turns under a flood.
+                    buf += data[pos:]
+                    self._need = 0
+                    self._yielding = True
+                    self._update_reading()
+                    self.loop.call_soon(self._continue)
+                    self._after_input()
+                    return
                 hi, lo, ftype, flags, sid = unpack(data, pos)
                 length = hi << 16 | lo
                 end = pos + 9 + length
@@ -336,15 +352,32 @@ class H2Connection(asyncio.Protocol):
         # The peer is not reading the socket: stop reading it too, so that nothing it sends
         # (pings, settings, requests) can make us write more.
         self.write_paused = True
-        if not self.read_paused and self.transport is not None:
-            self.read_paused = True
-            self.transport.pause_reading()
+        self._update_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.read_paused and self.transport is not None:
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read while the peer reads our answers and no frames wait for their turn."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        stop = self.write_paused or self._yielding
+        if stop and not self.read_paused:
+            self.read_paused = True
+            transport.pause_reading()
+        elif not stop and self.read_paused:
             self.read_paused = False
-            self.transport.resume_reading()
+            transport.resume_reading()
+
+    def _continue(self) -> None:
+        """Frames left over from a read that used up its turn."""
+        self._yielding = False
+        if not self.closed:
+            self.data_received(b"")
+            if not self._yielding:
+                self._update_reading()
 
     # -- frames in -------------------------------------------------------------------------------
 
