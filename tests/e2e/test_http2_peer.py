@@ -764,6 +764,40 @@ def test_settings_are_acked_and_unknown_settings_ignored(srv):
         c.ping_pong(timeout=3.0)
 
 
+def test_answers_use_the_dynamic_table_and_respect_a_smaller_one(strict):
+    """The answers' fixed fields enter the client's HPACK dynamic table once, then travel as
+    one-byte references; a client that shrinks its table gets a size update and literals."""
+    from parity.serving.transport.grpc_fast import RESPONSE_HEAD, TRAILERS_OK
+
+    def blocks(c, sid):
+        return [f.payload for f in c.received if f.type == FrameType.HEADERS and f.stream_id == sid]
+
+    with strict.h2() as c:
+        for i in range(3):
+            x = rows(2, seed=30 + i)
+            result = c.unary("ModelInfer", infer_request(x))
+            check_infer_result(result, strict.weights, x)
+            head, trailers = blocks(c, result.stream_id)
+            assert result.headers[:2] == [(":status", "200"), ("content-type", "application/grpc")]
+            assert result.trailers == [("grpc-status", "0")]
+            if i:  # entered by the first answer: one byte per field now
+                assert len(head) == 3 and len(trailers) == 1, (head, trailers)
+        acks = c.settings_acks
+        c.send_settings([(Setting.HEADER_TABLE_SIZE, 0)])
+        c.read_until(lambda f: c.settings_acks > acks, 3.0)
+        for i in range(2):
+            x = rows(1, seed=40 + i)
+            result = c.unary("ModelInfer", infer_request(x))
+            check_infer_result(result, strict.weights, x)
+            head, trailers = blocks(c, result.stream_id)
+            if i == 0:
+                assert head == b"\x20" + RESPONSE_HEAD  # a size update to 0 first, then literals
+            else:
+                assert head == RESPONSE_HEAD
+            assert trailers == TRAILERS_OK
+        assert c.goaway is None
+
+
 def test_ping_is_answered_with_the_same_bytes(srv):
     with srv.h2() as c:
         for data in (b"\0" * 8, b"\xff" * 8, os.urandom(8)):

@@ -42,7 +42,7 @@ from parity.serving.transport.grpc_service import (
     stream_error,
     stream_ok,
 )
-from parity.serving.transport.http2 import H2Connection, H2Stream, literal, literal_indexed_name
+from parity.serving.transport.http2 import H2Connection, H2Stream, hpack_int, literal, literal_indexed_name
 
 log = logging.getLogger("parity.grpc")
 
@@ -55,6 +55,28 @@ _CLOCK_SLACK_S = 0.005
 _CONTENT_TYPE = literal_indexed_name(31, b"application/grpc")  # static entry 31: content-type
 RESPONSE_HEAD = http2.STATUS_200 + _CONTENT_TYPE + literal(b"grpc-accept-encoding", b"identity,deflate,gzip")
 TRAILERS_OK = literal(b"grpc-status", b"0")
+# The same fields, entered into the client's dynamic table the first time (literals with
+# incremental indexing, RFC 7541 6.2.1), so that later answers are one byte per field: what a
+# client decodes cheapest.  Entry sizes: 60 + 73 + 44 bytes, well under the 4096 default.
+_INDEXED_CT = b"\x5f" + hpack_int(16, 7) + b"application/grpc"  # name: static entry 31
+_INDEXED_GAE = b"\x40" + hpack_int(20, 7) + b"grpc-accept-encoding" + hpack_int(21, 7) + b"identity,deflate,gzip"
+_INDEXED_OK = b"\x40" + hpack_int(11, 7) + b"grpc-status" + hpack_int(1, 7) + b"0"
+
+
+class _Marker:
+    """A header block the connection renders when it is written (see GrpcConnection.render)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+HEAD = _Marker("response headers")
+OK = _Marker("OK trailers")
 _ENCODINGS = {b"identity": None, b"gzip": 31, b"deflate": 15}  # zlib wbits
 _TIMEOUT_UNITS = {ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0, ord("m"): 1e-3, ord("u"): 1e-6, ord("n"): 1e-9}
 
@@ -168,6 +190,60 @@ class GrpcConnection(H2Connection):
         self.wire = owner.wire
         self.methods = owner.methods
         self.max_message = cfg.max_body_bytes
+        # HPACK state of our answers: the fields entered into the client's dynamic table, in
+        # order, and the blocks that refer to them (None: not entered yet)
+        self._entries: list[str] = []
+        self._head: bytes | None = None
+        self._ok: bytes | None = None
+        self._literal_only = False
+        self._size_update = False
+
+    # -- our answers' header blocks -------------------------------------------------------------
+
+    def render(self, block) -> bytes:
+        if block is HEAD:
+            block = self._head
+            if block is None:
+                block = self._enter(HEAD)
+        elif block is OK:
+            block = self._ok
+            if block is None:
+                block = self._enter(OK)
+        if self._size_update:  # the client shrank its table: say we use none (RFC 7541 4.2)
+            self._size_update = False
+            return b"\x20" + block
+        return block
+
+    def _enter(self, marker: _Marker) -> bytes:
+        """The first block of its kind: enter its fields into the client's dynamic table."""
+        if self._literal_only:
+            return RESPONSE_HEAD if marker is HEAD else TRAILERS_OK
+        entries = self._entries
+        if marker is HEAD:
+            entries += ["content-type", "grpc-accept-encoding"]
+            block = http2.STATUS_200 + _INDEXED_CT + _INDEXED_GAE
+        else:
+            entries.append("grpc-status")
+            block = _INDEXED_OK
+
+        def index(name: str) -> bytes:  # the newest entry is 62 (RFC 7541 2.3.3)
+            return bytes([0x80 | (62 + len(entries) - 1 - entries.index(name))])
+
+        # what later blocks say: indices change as entries are added, so both are rebuilt
+        if "content-type" in entries:
+            self._head = http2.STATUS_200 + index("content-type") + index("grpc-accept-encoding")
+        if "grpc-status" in entries:
+            self._ok = index("grpc-status")
+        return block
+
+    def header_table_size(self, size: int) -> None:
+        if size < 4096 and not self._literal_only:
+            # Below the default: stop using the table (a size update of 0 empties it) and send
+            # literals from now on.
+            self._literal_only = True
+            self._size_update = True
+            self._head = RESPONSE_HEAD
+            self._ok = TRAILERS_OK
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -376,7 +452,7 @@ class GrpcConnection(H2Connection):
             log.exception("encoding a gRPC inference response failed")
             self._error(stream, InternalError(f"internal error encoding the response: {type(e).__name__}: {e}"))
             return
-        self.send_response(stream, RESPONSE_HEAD, body, TRAILERS_OK, b"\x00" + len(body).to_bytes(4, "big"))
+        self.send_response(stream, HEAD, body, OK, b"\x00" + len(body).to_bytes(4, "big"))
 
     # ModelStreamInfer
 
@@ -430,7 +506,7 @@ class GrpcConnection(H2Connection):
         if stream.closed or stream.trailers is not None:
             return  # ended, or ending behind queued answers
         if not stream.headers_sent:
-            self.send_headers(stream, RESPONSE_HEAD)
+            self.send_headers(stream, HEAD)
         self.send_data(stream, b"\x00" + len(body).to_bytes(4, "big") + body)
 
     def _stream_deadline(self, stream: GrpcStream) -> None:
@@ -447,7 +523,7 @@ class GrpcConnection(H2Connection):
         if stream.stopping and not stream.eof:
             self._fail(stream, GrpcCode.UNAVAILABLE, "the server is shutting down; open a new stream (to another replica)")
         else:
-            self.send_trailers(stream, TRAILERS_OK if stream.headers_sent else RESPONSE_HEAD + TRAILERS_OK)
+            self.send_trailers(stream, OK if stream.headers_sent else RESPONSE_HEAD + TRAILERS_OK)
 
     # the other methods
 
@@ -462,7 +538,7 @@ class GrpcConnection(H2Connection):
             return
         stream.task = None
         body = response if type(response) is bytes else response.SerializeToString()
-        self.send_response(stream, RESPONSE_HEAD, body, TRAILERS_OK, b"\x00" + len(body).to_bytes(4, "big"))
+        self.send_response(stream, HEAD, body, OK, b"\x00" + len(body).to_bytes(4, "big"))
 
     # -- answers ----------------------------------------------------------------------------------
 
@@ -572,4 +648,4 @@ class FastGrpcTransport:
             conn.abort()
 
 
-__all__ = ["FastGrpcTransport", "RESPONSE_HEAD", "TRAILERS_OK", "parse_timeout", "percent_encode", "status_block"]
+__all__ = ["FastGrpcTransport", "HEAD", "OK", "RESPONSE_HEAD", "TRAILERS_OK", "parse_timeout", "percent_encode", "status_block"]

@@ -616,7 +616,9 @@ class H2Connection(asyncio.Protocol):
             elif key == SETTINGS_ENABLE_PUSH:
                 if value > 1:
                     raise ConnectionError_(PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH must be 0 or 1")
-            # HEADER_TABLE_SIZE: our blocks never use the dynamic table; others are advisory
+            elif key == SETTINGS_HEADER_TABLE_SIZE:
+                self.header_table_size(value)
+            # the others are advisory
         self._settings_seen = True
         self._write(frame(SETTINGS, ACK, 0))
         if self._blocked:
@@ -692,7 +694,17 @@ class H2Connection(asyncio.Protocol):
         else:
             transport.writelines(out)
 
-    def _headers_frames(self, sid: int, block: bytes, end_stream: bool) -> bytes:
+    def render(self, block) -> bytes:
+        """A header block's bytes at the moment it is written.  Subclasses that keep HPACK
+        state for their answers turn their markers into blocks here: blocks reach the peer in
+        the order they are rendered, so the peer's dynamic table follows ours."""
+        return block
+
+    def header_table_size(self, size: int) -> None:
+        """The peer's SETTINGS_HEADER_TABLE_SIZE (the dynamic table our blocks may use)."""
+
+    def _headers_frames(self, sid: int, block, end_stream: bool) -> bytes:
+        block = self.render(block)
         limit = self.peer_max_frame
         flags = END_STREAM if end_stream else 0
         if len(block) <= limit:
@@ -703,37 +715,40 @@ class H2Connection(asyncio.Protocol):
             parts.append(frame(CONTINUATION, END_HEADERS if last else 0, sid, block[off : off + limit]))
         return b"".join(parts)
 
-    def send_headers(self, stream: H2Stream, block: bytes) -> None:
+    def send_headers(self, stream: H2Stream, block) -> None:
         if stream.closed:
             return
         stream.headers_sent = True
         self._write(self._headers_frames(stream.id, block, False))
 
-    def send_response(self, stream: H2Stream, head: bytes, body: bytes, trailers: bytes, prefix: bytes = b"") -> None:
+    def send_response(self, stream: H2Stream, head, body: bytes, trailers, prefix: bytes = b"") -> None:
         """Headers, one DATA payload (`prefix` + `body`) and trailers: one write when the windows
-        allow, else queued behind the windows."""
+        allow, else the DATA and trailers wait for window."""
         if stream.closed:
             return
         n = len(prefix) + len(body)
         limit = self.peer_max_frame
-        if n <= stream.send_window and n <= self.send_window and n <= limit and not stream.outq and len(head) <= limit and len(trailers) <= limit:
-            stream.send_window -= n
-            self.send_window -= n
-            sid = stream.id.to_bytes(4, "big")
-            hs = len(head)
-            ts = len(trailers)
-            self._write(
-                b"".join(
-                    (
-                        hs.to_bytes(3, "big"), _HEADERS_END_HEADERS, sid, head,
-                        n.to_bytes(3, "big"), _DATA_NO_FLAGS, sid, prefix, body,
-                        ts.to_bytes(3, "big"), _HEADERS_END_STREAM, sid, trailers,
+        head = self.render(head)
+        if n <= stream.send_window and n <= self.send_window and n <= limit and not stream.outq and len(head) <= limit:
+            trailers = self.render(trailers)
+            if len(trailers) <= limit:
+                stream.send_window -= n
+                self.send_window -= n
+                sid = stream.id.to_bytes(4, "big")
+                hs = len(head)
+                ts = len(trailers)
+                self._write(
+                    b"".join(
+                        (
+                            hs.to_bytes(3, "big"), _HEADERS_END_HEADERS, sid, head,
+                            n.to_bytes(3, "big"), _DATA_NO_FLAGS, sid, prefix, body,
+                            ts.to_bytes(3, "big"), _HEADERS_END_STREAM, sid, trailers,
+                        )
                     )
-                )
-            )  # fmt: skip
-            stream.headers_sent = True
-            self._end_stream(stream)
-            return
+                )  # fmt: skip
+                stream.headers_sent = True
+                self._end_stream(stream)
+                return
         self.send_headers(stream, head)
         self.send_data(stream, prefix + body if prefix else body)
         self.send_trailers(stream, trailers)
@@ -750,7 +765,7 @@ class H2Connection(asyncio.Protocol):
         self._blocked[stream.id] = stream
         self._pump()
 
-    def send_trailers(self, stream: H2Stream, block: bytes) -> None:
+    def send_trailers(self, stream: H2Stream, block) -> None:
         """End the stream with trailers (or a trailers-only response, if no headers went out)."""
         if stream.closed:
             return
