@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import pstats
 import statistics
 import struct
@@ -97,6 +98,9 @@ async def run(args) -> None:
     if failures:
         raise SystemExit(f"model failed to load: {failures}")
     core.started = True
+    gc.collect()  # as the server does once its models are loaded
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     owner = FastGrpcTransport(core, config)
     loop = asyncio.get_running_loop()
 
