@@ -1,0 +1,235 @@
+"""The Redis online store (redis-py with hiredis; standalone, or Redis Cluster).
+
+Key layout: one string per (view, entity):
+
+    <prefix>:{<entity id>}:<view>
+
+`<entity id>` is the encoded key tuple of `base.entity_ids` (e.g. `i42`, `sa%3Ab,i7`), which holds
+no ':', '{', '}' or whitespace, so the braces are the key's Redis Cluster hash tag: all views of one
+entity live in one slot.  `<prefix>` is checked against [A-Za-z0-9_.-]{1,64} and view names are
+definitions' names ([A-Za-z_][A-Za-z0-9_]*), so no name can inject into another key.  The value is
+the `codec` blob.  Keys carry no Redis expiry: TTL is judged at read time from the event time.
+
+Writes: EVALSHA of `_CAS` over up to 1000 rows per call (KEYS[i] gets ARGV[i]), the calls of one
+write in one pipeline.  For each key the script compares the stored blob's (event_ts, created_ts)
+with the new one's (int64s at bytes 1..16 of the blob, compared as signed-high / unsigned-low
+32-bit halves, exact in Lua's doubles) and SETs unless the stored one is strictly greater (a full
+tie goes to the last write, as in `base`): atomic in Redis (a script runs alone), idempotent.  On
+a cluster a script's keys must share a slot, so the rows are grouped per hash slot, one EVALSHA
+per slot (EVALSHA is not allowed in redis-py's cluster pipelines).  After a server restart (empty
+script cache) NOSCRIPT makes the store SCRIPT LOAD and resend once (safe: the writes are idempotent).
+
+Reads: standalone, one MGET of every key of every view of the call (one command, one round trip).
+Cluster: one pipeline of GETs, which redis-py's cluster pipeline groups per node (one round trip
+per node that owns a slot of the call's keys; a cross-slot MGET is not allowed on a cluster).
+
+Failures: connect and socket timeouts are `timeout` (default 0.5 s) and redis-py's own retries are
+off (`retries`, default 0), so an unreachable server raises `Unavailable` after about one timeout;
+the broken connection is dropped and the next call connects again.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote
+
+import numpy as np
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.retry import Retry
+
+from parity.errors import InvalidInput, ParityError, Unavailable
+from parity.features.online.base import OnlineStore
+
+_PREFIX = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_CHUNK = 1000  # rows per script call
+
+_CAS = """
+local function half(s, i)
+  local b1, b2, b3, b4, b5, b6, b7, b8 = string.byte(s, i, i + 7)
+  local lo = ((b4 * 256 + b3) * 256 + b2) * 256 + b1
+  local hi = ((b8 * 256 + b7) * 256 + b6) * 256 + b5
+  if hi >= 2147483648 then hi = hi - 4294967296 end
+  return hi, lo
+end
+local function newer(a, b)
+  for _, pos in ipairs({2, 10}) do
+    local ah, al = half(a, pos)
+    local bh, bl = half(b, pos)
+    if ah ~= bh then return ah > bh end
+    if al ~= bl then return al > bl end
+  end
+  return false
+end
+local won = 0
+for i = 1, #KEYS do
+  local new = ARGV[i]
+  local cur = redis.call('GET', KEYS[i])
+  if not (cur and string.len(cur) >= 17 and newer(cur, new)) then
+    redis.call('SET', KEYS[i], new)
+    won = won + 1
+  end
+end
+return won
+"""
+
+_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+try:  # cluster-only failures
+    from redis.exceptions import ClusterDownError, MasterDownError, TryAgainError
+
+    _UNAVAILABLE += (ClusterDownError, MasterDownError, TryAgainError)
+except ImportError:  # pragma: no cover
+    pass
+
+
+def check_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+        raise InvalidInput(f"online store key prefix {prefix!r} must be 1-64 of A-Z a-z 0-9 _ . -")
+    return prefix
+
+
+class RedisOnlineStore(OnlineStore):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        db: int = 0,
+        prefix: str = "parity",
+        timeout: float = 0.5,
+        cluster: bool = False,
+        username: str | None = None,
+        password: str | None = None,
+        ssl: bool = False,
+        retries: int = 0,
+    ):
+        self.prefix = check_prefix(prefix)
+        self.cluster = cluster
+        self.timeout = timeout
+        scheme = "rediss" if ssl else "redis"
+        # no credentials in the url: it shows up in messages
+        self.url = f"{scheme}://{host}:{port}/{db}?prefix={prefix}&timeout={timeout}" + ("&cluster=true" if cluster else "")
+        common = {
+            "host": host, "port": port, "username": username, "password": password, "ssl": ssl,
+            "socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": Retry(NoBackoff(), retries),
+        }  # fmt: skip
+        if cluster:
+            from redis.cluster import RedisCluster
+
+            if db:
+                raise InvalidInput("a Redis Cluster has only db 0; drop the /db from the online store url")
+            try:  # a cluster client reads the slot map when it is made
+                self._client = RedisCluster(**common)
+            except _UNAVAILABLE + (RedisError,) as e:
+                raise Unavailable(
+                    f"the online store {self.url} is unavailable ({type(e).__name__}: {e}); start the cluster or fix the url"
+                ) from e
+        else:
+            self._client = redis.Redis(db=db, health_check_interval=0, **common)
+        self._sha: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, **overrides) -> RedisOnlineStore:
+        """`redis://[user:password@]host[:port][/db][?prefix=p&timeout=s&cluster=true&retries=n]`;
+        `rediss://` for TLS; `redis+cluster://` is the same as `cluster=true`."""
+        from urllib.parse import parse_qs, urlsplit
+
+        u = urlsplit(url)
+        q = {k: v[-1] for k, v in parse_qs(u.query).items()}
+        unknown = set(q) - {"prefix", "timeout", "cluster", "retries"}
+        if unknown:
+            raise InvalidInput(
+                f"online store url {url!r}: unknown option(s) {sorted(unknown)}; known: prefix, timeout, cluster, retries"
+            )
+        db = (u.path or "/").strip("/")
+        try:
+            kw = {
+                "host": u.hostname or "127.0.0.1", "port": u.port or 6379, "db": int(db) if db else 0,
+                "prefix": q.get("prefix", "parity"), "timeout": float(q.get("timeout", 0.5)),
+                "cluster": u.scheme == "redis+cluster" or q.get("cluster", "").lower() in ("1", "true", "yes"),
+                "username": unquote(u.username) if u.username else None, "password": unquote(u.password) if u.password else None,
+                "ssl": u.scheme == "rediss", "retries": int(q.get("retries", 0)),
+            }  # fmt: skip
+        except ValueError as e:
+            raise InvalidInput(f"online store url {url!r}: {e}") from e
+        kw.update(overrides)
+        return cls(**kw)
+
+    def key(self, view: str, entity_id: str) -> str:
+        return f"{self.prefix}:{{{entity_id}}}:{view}"
+
+    def _fail(self, e: Exception) -> Unavailable:
+        if not self.cluster:  # drop broken sockets; the next call connects afresh (a cluster client re-reads its slot map itself)
+            try:
+                self._client.connection_pool.disconnect()
+            except Exception:  # noqa: BLE001, S110 - best effort
+                pass
+        return Unavailable(
+            f"the online store {self.url} is unavailable ({type(e).__name__}: {e}); start Redis or fix the online store url "
+            f"(timeout {self.timeout}s), then retry -- the store reconnects by itself"
+        )
+
+    def _write(self, view: str, ids: list[str], event_ts: np.ndarray, created_ts: np.ndarray, blobs: list[bytes]) -> None:
+        keys = [self.key(view, i) for i in ids]
+        if self.cluster:  # a script's keys must share a slot: one call per slot
+            by_slot: dict[int, tuple[list, list]] = {}
+            for k, b in zip(keys, blobs):
+                g = by_slot.setdefault(self._client.keyslot(k), ([], []))
+                g[0].append(k)
+                g[1].append(b)
+            groups = list(by_slot.values())
+        else:
+            groups = [(keys[i : i + _CHUNK], blobs[i : i + _CHUNK]) for i in range(0, len(keys), _CHUNK)]
+        try:
+            if self._sha is None:
+                self._sha = self._client.script_load(_CAS)
+            for attempt in range(2):
+                try:
+                    self._cas(groups)
+                    return
+                except NoScriptError:
+                    if attempt:
+                        raise
+                    self._sha = self._client.script_load(_CAS)  # server restarted or SCRIPT FLUSH: load, resend (idempotent)
+        except _UNAVAILABLE as e:
+            raise self._fail(e) from e
+        except ResponseError as e:
+            raise ParityError(f"the online store {self.url} refused a write: {e}") from e
+
+    def _cas(self, groups: list[tuple[list, list]]) -> None:
+        if self.cluster:
+            for keys, blobs in groups:
+                self._client.evalsha(self._sha, len(keys), *keys, *blobs)
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for keys, blobs in groups:
+            pipe.evalsha(self._sha, len(keys), *keys, *blobs)
+        pipe.execute()
+
+    def _read(self, requests: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
+        keys = [self.key(view, i) for view, ids in requests for i in ids]
+        if not keys:
+            return [[] for _ in requests]
+        try:
+            if self.cluster:
+                pipe = self._client.pipeline(transaction=False)
+                for k in keys:
+                    pipe.get(k)
+                values = pipe.execute()
+            else:
+                values = self._client.mget(keys)
+        except _UNAVAILABLE as e:
+            raise self._fail(e) from e
+        except ResponseError as e:
+            raise ParityError(f"the online store {self.url} refused a read: {e}") from e
+        out, pos = [], 0
+        for _, ids in requests:
+            out.append(values[pos : pos + len(ids)])
+            pos += len(ids)
+        return out
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except RedisError:
+            pass
