@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -184,7 +185,11 @@ def apply_transform(name: str, transform: Transform | None, columns: Columns, sc
         out = {f.name: columns[f.name] for f in schema}
     else:
         try:
-            out = transform(dict(columns))
+            # the same floating-point error handling on every path, whatever the caller's
+            # numpy settings or warning filters: inf - inf is NaN, never an exception
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out = transform(dict(columns))
         except Exception as e:  # noqa: BLE001 - a user's transform: name it in the error
             raise InvalidInput(f"the transform of {name!r} failed: {type(e).__name__}: {e}") from e
         if not isinstance(out, Mapping):
