@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import contextlib
 import socket
 import threading
 import time
@@ -581,22 +582,26 @@ def _closed_within(sock, seconds: float) -> bool:
 
 def test_idle_and_stalled_connections_are_closed(repo):
     s = ServerThread(repo[0], keepalive_timeout_secs=1.0, request_timeout_secs=1.0)
-    try:
-        idle = socket.create_connection(("127.0.0.1", s.port))
-        answered = socket.create_connection(("127.0.0.1", s.port))
-        answered.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert answered.recv(65536).startswith(b"HTTP/1.1 200")
-        stalled = socket.create_connection(("127.0.0.1", s.port))
-        stalled.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
-        for sock in (idle, answered, stalled):
-            assert _closed_within(sock, 5.0)
-            sock.close()
-        # a busy keep-alive connection is not closed while it keeps talking
-        busy = socket.create_connection(("127.0.0.1", s.port))
-        for _ in range(5):
-            busy.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert busy.recv(65536).startswith(b"HTTP/1.1 200")
-            time.sleep(0.5)
-        busy.close()
-    finally:
-        s.close()
+    with contextlib.ExitStack() as sockets:
+
+        def connect() -> socket.socket:
+            return sockets.enter_context(socket.create_connection(("127.0.0.1", s.port)))
+
+        try:
+            idle = connect()
+            answered = connect()
+            answered.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answered.recv(65536).startswith(b"HTTP/1.1 200")
+            stalled = connect()
+            stalled.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            for sock in (idle, answered, stalled):
+                assert _closed_within(sock, 5.0)
+            # a busy keep-alive connection is not closed while it keeps talking (a request
+            # every 0.2 s, well inside the 1 s idle timeout even on a loaded machine)
+            busy = connect()
+            for _ in range(10):
+                busy.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert busy.recv(65536).startswith(b"HTTP/1.1 200")
+                time.sleep(0.2)
+        finally:
+            s.close()
