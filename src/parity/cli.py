@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from parity.errors import ConfigError
+from parity.errors import ConfigError, ParityError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -29,6 +29,8 @@ def _serve(args: argparse.Namespace) -> int:
         "grpc_transport": args.grpc_transport,
         "tls_cert_file": args.tls_cert,
         "tls_key_file": args.tls_key,
+        "feature_repository": args.feature_repository,
+        "online_store": args.online_store,
     }
     try:
         config = load_server_config(args.config, overrides)
@@ -47,6 +49,77 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"parity serve: {e}; is another server using the port? choose others with --http-port/--grpc-port", file=sys.stderr)
         return 1
+
+
+def _features_materialize(args: argparse.Namespace) -> int:
+    from parity.features.definitions import FeatureRepository
+    from parity.features.materialize import Watermarks, materialize
+    from parity.features.online import open_online_store
+
+    repo = FeatureRepository.load(args.repo)
+    marks = Watermarks(args.state) if args.state else Watermarks(Path(args.repo).with_suffix(".watermarks.json"))
+    if args.incremental and args.start:
+        print("parity features materialize: --incremental continues from the stored watermark; drop --start", file=sys.stderr)
+        return 2
+    with open_online_store(args.online_store) as store:
+        runs = materialize(
+            repo, store, args.views or None,
+            start=_parse_time(args.start), end=_parse_time(args.end), incremental=args.incremental, watermarks=marks,
+        )  # fmt: skip
+    for r in runs:
+        since = "the beginning" if r.start_us is None else _iso(r.start_us)
+        print(f"{r.view}: {r.rows:,} entities written in {r.seconds:.1f}s (rows available after {since}, up to {_iso(r.end_us)})")
+    return 0
+
+
+def _features_get(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from parity.features.definitions import FeatureRepository
+    from parity.features.online import open_online_store
+    from parity.features.retrieval import FeatureServer
+
+    repo = FeatureRepository.load(args.repo)
+    entities: dict[str, list] = {}
+    for item in args.entity:
+        key, _, value = item.partition("=")
+        entities.setdefault(key, []).append(int(value) if value.lstrip("-").isdigit() else value)
+    request: dict[str, list] = {}
+    for item in args.value or ():
+        key, _, value = item.partition("=")
+        request.setdefault(key, []).append(int(value) if value.lstrip("-").isdigit() else float(value))
+    with open_online_store(args.online_store) as store:
+        got = FeatureServer(repo, store).get_online_features(args.features, entities, request or None)
+    rows = []
+    for i in range(got.rows):
+        row = {}
+        for name in got.names:
+            v = got.values[name][i]
+            row[name] = {
+                "value": None if got.nulls[name][i] else (v.item() if isinstance(v, np.generic) else v),
+                "status": got.status_names(name)[i],
+                "age_s": None if got.age_ns[name][i] < 0 else got.age_ns[name][i] / 1e9,
+            }
+        rows.append(row)
+    print(json.dumps(rows, indent=1))
+    return 0
+
+
+def _iso(us: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+def _parse_time(value: str | None):
+    if value is None:
+        return None
+    from datetime import datetime, timezone
+
+    t = datetime.fromisoformat(value)
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -72,8 +145,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grpc-transport", choices=["fast", "grpcio"], help="fast: Parity's own HTTP/2 layer; grpcio: the reference")
     s.add_argument("--tls-cert", help="PEM certificate: gRPC is served over TLS (ALPN h2)")
     s.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    s.add_argument("--feature-repository", help="a feature repository module: serves POST /v1/features/online")
+    s.add_argument("--online-store", help="sqlite:///PATH (default ./parity_online.db) or redis://HOST:PORT/DB?prefix=P")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=_serve)
+    f = sub.add_parser("features", help="the feature store: materialize views, read online features")
+    fsub = f.add_subparsers(dest="features_command", required=True)
+    m = fsub.add_parser("materialize", help="write each view's latest values (as of --end, default now) into the online store")
+    m.add_argument("--repo", required=True, help="the feature repository module (e.g. configs/features/example_repo.py)")
+    m.add_argument("--online-store", default="sqlite://", help="sqlite:///PATH (default: ./parity_online.db) or redis://HOST:PORT/DB?prefix=P")
+    m.add_argument("--views", nargs="*", help="only these feature views (default: all)")
+    m.add_argument("--start", help="only rows available after this UTC time (ISO 8601)")
+    m.add_argument("--end", help="rows available up to this UTC time (ISO 8601; default now)")
+    m.add_argument("--incremental", action="store_true", help="continue from each view's watermark (the end of its last run)")
+    m.add_argument("--state", help="watermark file (default: next to the repository module)")
+    m.set_defaults(func=_features_materialize)
+    g = fsub.add_parser("get", help="read online features for entities, as JSON")
+    g.add_argument("--repo", required=True)
+    g.add_argument("--online-store", default="sqlite://")
+    g.add_argument("--features", required=True, help="a feature service name")
+    g.add_argument("--entity", action="append", required=True, metavar="KEY=VALUE", help="a join key value (repeat for more rows)")
+    g.add_argument("--value", action="append", metavar="FIELD=NUMBER", help="a request value for on-demand views")
+    g.set_defaults(func=_features_get)
     d = sub.add_parser("demo", help="export a model, serve it, query it over gRPC and HTTP, print the metrics, stop")
     d.set_defaults(func=_demo)
     return parser
@@ -81,4 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"parity {args.command}: {e.message}", file=sys.stderr)
+        return 2
+    except ParityError as e:
+        print(f"parity {args.command}: {e.message}", file=sys.stderr)
+        return 1

@@ -340,6 +340,9 @@ class ServerConfig:
     # TLS for gRPC (ALPN h2) when both files are given (PEM)
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    # the feature store: a feature repository module and the online store's URL
+    feature_repository: str = ""
+    online_store: str = "sqlite://"
     server_name: str = "parity"
     log_level: str = "info"
 
@@ -351,7 +354,7 @@ _SERVER_FIELDS = {
     "keepalive_timeout_secs": (int, float), "request_timeout_secs": (int, float),
     "grpc_transport": str, "server_name": str, "log_level": str,
     "grpc_max_concurrent_streams": int, "grpc_max_header_list_bytes": int,
-    "tls_cert_file": str, "tls_key_file": str,
+    "tls_cert_file": str, "tls_key_file": str, "feature_repository": str, "online_store": str,
 }  # fmt: skip
 
 

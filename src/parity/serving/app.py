@@ -36,6 +36,17 @@ def make_transports(core: InferenceCore, config: ServerConfig) -> list:
     return [HttpTransport(core, config), GrpcTransport(core, config)]
 
 
+def open_feature_server(config: ServerConfig):
+    """The feature repository and the online store named in the config (loaded at start: a
+    broken repository stops the server with the file and the problem named)."""
+    from parity.features.definitions import FeatureRepository
+    from parity.features.online import open_online_store
+    from parity.features.retrieval import FeatureServer
+
+    repo = FeatureRepository.load(config.feature_repository)
+    return FeatureServer(repo, open_online_store(config.online_store))
+
+
 class Server:
     """One serving process."""
 
@@ -53,6 +64,8 @@ class Server:
         # A lone server listens first, so liveness answers while models load and readiness waits
         # for them.  A worker sharing its ports listens only once loaded: the kernel spreads new
         # connections over every listener, and none should land on a worker that cannot serve yet.
+        if cfg.feature_repository:
+            self.core.features = open_feature_server(cfg)
         self.transports = make_transports(self.core, cfg)
         shared_ports = os.environ.get(WORKER_ENV) is not None
         if not shared_ports:

@@ -125,6 +125,7 @@ class InferenceCore:
         self.server_failures: dict[str, int] = {"not_found": 0, "bad_input": 0, "rejected": 0}
         self.extra_metrics: list = []  # callables returning Families (other workers, later issues)
         self.extra_stats: list = []  # callables returning statistics dicts of other workers
+        self.features = None  # a parity.features.retrieval.FeatureServer when a feature repository is served
 
     @staticmethod
     def _build_plan(version: Version) -> None:

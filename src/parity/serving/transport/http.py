@@ -554,6 +554,54 @@ class HttpConnection(asyncio.Protocol):
 
     # -- other endpoints ---------------------------------------------------------------------------
 
+    def _h_features_online(self, seq, tail, method, body) -> None:
+        """POST /v1/features/online {"features": service name or ["view:feature", ...],
+        "entities": {join key: [values]}, "request_values": {field: [values]}} -> one column of
+        values, statuses and ages (seconds) per feature, in the requested order."""
+        features = self.core.features
+        if features is None:
+            self._error(seq, tail, NotFound("this server has no feature repository; start it with --feature-repository FILE"))
+            return
+        try:
+            doc = _parse_object(body, "the feature request")
+            wanted = doc.get("features")
+            entities = doc.get("entities")
+            if not isinstance(wanted, (str, list)) or not wanted:
+                raise InvalidInput("'features' must be a feature service name or a list of 'view:feature' references")
+            if not isinstance(entities, dict) or not entities or not all(isinstance(v, list) for v in entities.values()):
+                raise InvalidInput("'entities' must be an object of join key -> list of values")
+            values = doc.get("request_values") or {}
+            if not isinstance(values, dict) or not all(isinstance(v, list) for v in values.values()):
+                raise InvalidInput("'request_values' must be an object of field -> list of values")
+        except ParityError as e:
+            self._error(seq, tail, e)
+            return
+
+        async def run():
+            try:
+                got = await asyncio.to_thread(features.get_online_features, wanted, entities, values or None)
+            except ParityError as e:
+                self._error(seq, tail, e)
+                return
+            except Exception as e:  # noqa: BLE001 - answered, logged, the server goes on
+                log.exception("online feature read failed")
+                self._error(seq, tail, InternalError(f"internal error: {type(e).__name__}: {e}"))
+                return
+            out = []
+            for name in got.names:
+                vals, nulls = got.values[name], got.nulls[name]
+                out.append(
+                    {
+                        "name": name,
+                        "values": [None if n else (v.item() if hasattr(v, "item") else v) for v, n in zip(vals, nulls)],
+                        "statuses": got.status_names(name),
+                        "ages_s": [None if a < 0 else a / 1e9 for a in got.age_ns[name].tolist()],
+                    }
+                )
+            self._json(seq, tail, 200, {"features": out}, "POST")
+
+        self.owner.spawn(run())
+
     def _h_live(self, seq, tail, method, body) -> None:
         self._empty(seq, tail, 200 if self.core.live else 503, method)
 
@@ -808,6 +856,7 @@ def _latin1(v: bytes | None) -> str | None:
 
 
 _STATIC = {
+    b"/v1/features/online": (_POST, HttpConnection._h_features_online),
     b"/v2/health/live": (_GET, HttpConnection._h_live),
     b"/v2/health/ready": (_GET, HttpConnection._h_ready),
     b"/v2": (_GET, HttpConnection._h_server_metadata),
