@@ -142,7 +142,9 @@ class HttpTransport:
         connections stalled mid-request (no bytes) past request_timeout_secs.  Connections only
         note the time of their last read (the clock is this tick's), so reads pay nothing more."""
         now = self.now
-        keepalive, stalled = self.config.keepalive_timeout_secs, self.config.request_timeout_secs
+        # last_active is this clock at a tick, up to one tick before the bytes really came: allow
+        # that tick, so a connection is never closed early (at most one tick late)
+        keepalive, stalled = self.config.keepalive_timeout_secs + 1.0, self.config.request_timeout_secs + 1.0
         for conn in list(self.connections):
             if conn.transport is None or conn.closing:
                 continue
