@@ -3,10 +3,16 @@
 Exports a small MLP to ONNX (and, when PyTorch is installed, to TorchScript), serves the model
 repository, queries it with the Triton clients over gRPC and HTTP, prints the answers next to the
 model run directly and the server's metrics, and stops the server with SIGTERM.
+
+Then the feature store: writes the example feature repository's data, builds a point-in-time
+training set, materializes the views into the embedded (SQLite) online store, serves them, and
+shows that the features served online equal the training set's.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import tempfile
 import urllib.request
@@ -96,4 +102,74 @@ def run_demo() -> int:
 
             _step("stopping the server (SIGTERM: drain, then exit)")
         print(f"  server exited with status {server.returncode}")
-        return 0 if server.returncode == 0 else 1
+        if server.returncode != 0:
+            return 1
+        return _feature_demo(Path(tmp), repo)
+
+
+def _feature_demo(tmp: Path, models: Path) -> int:
+    from datetime import datetime, timedelta, timezone
+
+    import pandas as pd
+
+    from parity.features.definitions import FeatureRepository
+    from parity.features.example import end_history_at, generate
+    from parity.features.materialize import materialize
+    from parity.features.offline import get_historical_features
+    from parity.features.online import open_online_store
+
+    root = Path(__file__).resolve().parents[2]
+    module = root / "configs" / "features" / "example_repo.py"
+    if not module.is_file():
+        print(f"  (the feature store part needs the source checkout: {module} is missing)")
+        return 0
+    data = tmp / "feature-data"
+    _step(f"feature store: writing the example repository's data into {data}")
+    paths = generate(data, seed=0)
+    end_history_at(paths, datetime.now(timezone.utc) - timedelta(days=1))
+    os.environ["PARITY_EXAMPLE_FEATURE_DATA"] = str(data)
+    repo = FeatureRepository.load(module)
+    print(f"  views: {', '.join(sorted(repo.views))}; on-demand: {', '.join(sorted(repo.on_demand))}; "
+          f"services: {', '.join(sorted(repo.services))}")  # fmt: skip
+
+    users = pd.read_parquet(paths["users"])["user_id"].unique()[:3]
+    merchants = pd.read_parquet(paths["merchants"])["merchant_id"].unique()[:3]
+    now = pd.Timestamp.now(tz="UTC")
+    entity_df = pd.DataFrame(
+        {"user_id": users, "merchant_id": merchants, "event_timestamp": [now] * 3, "amount": [12.5, 80.0, 999.0], "hour": [3, 14, 23]}
+    )
+    _step("training set: point-in-time join of 3 entity rows (service 'fraud_detection')")
+    training = get_historical_features(repo, entity_df, "fraud_detection", output="arrow", full_feature_names=True)
+    names = [c for c in training.column_names if "__" in c]
+    for c in names[:4]:
+        print(f"  {c:40s} {training.column(c).to_pylist()}")
+    print(f"  ... {len(names)} features in all")
+
+    store_url = f"sqlite:///{tmp / 'online.db'}"
+    _step(f"materializing the views into the embedded online store ({store_url})")
+    with open_online_store(store_url) as store:
+        for run in materialize(repo, store, progress=False):
+            print(f"  {run.view}: {run.rows} entities written in {run.seconds:.2f}s")
+
+    _step("serving the features: POST /v1/features/online")
+    with ServerProcess(models, "--feature-repository", str(module), "--online-store", store_url) as server:
+        body = {
+            "features": "fraud_detection",
+            "entities": {"user_id": [int(u) for u in users], "merchant_id": [str(m) for m in merchants]},
+            "request_values": {"amount": [12.5, 80.0, 999.0], "hour": [3, 14, 23]},
+        }
+        req = urllib.request.Request(f"http://{server.http_url}/v1/features/online", data=json.dumps(body).encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            served = {f["name"]: f for f in json.loads(r.read())["features"]}
+        same = 0
+        for c in names:
+            online, offline = served[c]["values"], training.column(c).to_pylist()
+            if all(a == b or (a is None and b is None) or (isinstance(a, float) and isinstance(b, float) and a != a and b != b) for a, b in zip(online, offline)):
+                same += 1
+            else:
+                print(f"  {c}: online {online} != training {offline}", file=sys.stderr)
+        for c in names[:4]:
+            print(f"  {c:40s} {served[c]['values']}  ({', '.join(served[c]['statuses'])})")
+        print(f"  {same} of {len(names)} features served online equal the training set's")
+    print(f"  server exited with status {server.returncode}")
+    return 0 if same == len(names) and server.returncode == 0 else 1

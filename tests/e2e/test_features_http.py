@@ -16,13 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 import redis
 
-from parity.features.example import generate
+from parity.features.example import end_history_at, generate
 from parity.testing.models import mlp_config, write_config, write_mlp_onnx
 from parity.testing.server import ServerProcess
 
@@ -44,17 +41,8 @@ def post(url: str, doc) -> tuple[int, dict]:
 def served(request, tmp_path_factory):
     d = tmp_path_factory.mktemp("features")
     paths = generate(d / "data", seed=3)
-    # move the example's history so that it ends a day ago: served "now", most values are within
-    # their TTL and come back PRESENT
-    newest = max(pd.read_parquet(p)["event_timestamp"].max() for p in paths.values())
-    shift = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=1) - newest).to_pytimedelta()
-    for p in paths.values():  # with Arrow, so NaN values stay NaN (not null)
-        table = pq.read_table(p)
-        for col in ("event_timestamp", "created_timestamp"):
-            if col in table.column_names:
-                i = table.column_names.index(col)
-                table = table.set_column(i, col, pc.add(table.column(col), pa.scalar(shift, pa.duration("us"))))
-        pq.write_table(table, p)
+    # the example's history ends a day ago: served "now", most values are within their TTL
+    end_history_at(paths, (pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=1)).to_pydatetime())
     env = dict(os.environ, PARITY_EXAMPLE_FEATURE_DATA=str(d / "data"))
     prefix = f"paritytest_{uuid.uuid4().hex[:12]}"
     url = f"sqlite:///{d / 'online.db'}" if request.param == "sqlite" else f"redis://127.0.0.1:6379/0?prefix={prefix}&timeout=2"

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 COUNTRIES = ["US", "GB", "DE", "FR", "JP", "BR", "IN", "CA", "Côte d'Ivoire", "日本", ""]
@@ -131,6 +132,20 @@ def generate(directory: str | Path, seed: int = 0, n_users: int = 200, n_merchan
         paths[name] = d / f"{name}.parquet"
         pq.write_table(table, paths[name])
     return paths
+
+
+def end_history_at(paths: dict[str, Path], end) -> None:
+    """Shift every timestamp of the written sources so that the newest event is at `end` (an
+    aware datetime): the example then looks like recent history, whose values are within their
+    TTL when served now.  Rewritten with Arrow, so NaN values stay NaN."""
+    tables = {name: pq.read_table(path) for name, path in paths.items()}
+    newest = max(pc.max(t.column("event_timestamp")).as_py() for t in tables.values())
+    shift = pa.scalar(end - newest, pa.duration("us"))
+    for name, table in tables.items():
+        for col in ("event_timestamp", "created_timestamp"):
+            if col in table.column_names:
+                table = table.set_column(table.column_names.index(col), col, pc.add(table.column(col), shift))
+        pq.write_table(table, paths[name])
 
 
 def main(argv: list[str] | None = None) -> int:
