@@ -1,11 +1,12 @@
-"""Generate the Python gRPC modules for proto/inference/*.proto.
+"""Generate the Python gRPC modules for proto/inference/*.proto and proto/parity/v1/*.proto.
 
 Run from anywhere:  python proto/generate.py [--out DIR]
 
-DIR (default src/parity/_proto) receives __init__.py and inference/ with the
-*_pb2.py, *_pb2.pyi and *_pb2_grpc.py modules. The generated `from inference
-import X` lines are rewritten to `from parity._proto.inference import X` so the
-package needs nothing on sys.path beyond `parity`. Output is deterministic.
+DIR (default src/parity/_proto) receives __init__.py, inference/ and parity/v1/ with the
+*_pb2.py, *_pb2.pyi and *_pb2_grpc.py modules. The generated `from inference import X` (and
+`from parity.v1 import X`) lines are rewritten to `from parity._proto.inference import X` (and
+`from parity._proto.parity.v1 import X`) so the package needs nothing on sys.path beyond
+`parity`. Output is deterministic.
 """
 
 from __future__ import annotations
@@ -32,22 +33,29 @@ ROOT_INIT = INIT + (
     "POOL = _descriptor_pool.DescriptorPool()\n"
 )
 
-# `from inference import x_pb2 as ...` and the module name that the pb2
-# builder stamps on the generated classes ('inference.x_pb2').
-_IMPORT = re.compile(r"^from inference import ", re.MULTILINE)
-_MODULE = re.compile(r"'inference\.(\w+_pb2)'")
+# The top-level directories under proto/ (each a proto package root), in generation order.
+ROOTS = ("inference", "parity")
+
+# `from inference import x_pb2 as ...` (`from parity.v1 import ...`) and the module name that the
+# pb2 builder stamps on the generated classes ('inference.x_pb2', 'parity.v1.x_pb2').
+_ROOT = "|".join(ROOTS)
+_IMPORT = re.compile(rf"^from ((?:{_ROOT})(?:\.\w+)*) import ", re.MULTILINE)
+_MODULE = re.compile(rf"'((?:{_ROOT})(?:\.\w+)*\.\w+_pb2)'")
 
 
 def _rewrite(text: str) -> str:
-    text = _IMPORT.sub(f"from {PACKAGE}.inference import ", text)
+    text = _IMPORT.sub(rf"from {PACKAGE}.\1 import ", text)
     text = text.replace("_descriptor_pool.Default()", f"__import__('{PACKAGE}', fromlist=['POOL']).POOL")
-    return _MODULE.sub(rf"'{PACKAGE}.inference.\1'", text)
+    return _MODULE.sub(rf"'{PACKAGE}.\1'", text)
 
 
 def generate(out: Path) -> None:
-    protos = sorted(str(p) for p in (PROTO_ROOT / "inference").glob("*.proto"))
-    if not protos:
-        sys.exit(f"no .proto files under {PROTO_ROOT / 'inference'}")
+    protos: list[str] = []
+    for root in ROOTS:
+        found = sorted(p.as_posix() for p in (PROTO_ROOT / root).rglob("*.proto"))
+        if not found:
+            sys.exit(f"no .proto files under {PROTO_ROOT / root}")
+        protos += found
 
     with tempfile.TemporaryDirectory() as tmp:
         args = [
@@ -61,14 +69,19 @@ def generate(out: Path) -> None:
         if protoc.main(args) != 0:
             sys.exit("protoc failed")
 
-        pkg = out / "inference"
-        if pkg.exists():
-            shutil.rmtree(pkg)
-        pkg.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "__init__.py").write_text(ROOT_INIT)
-        (pkg / "__init__.py").write_text(INIT)
-        for src in sorted((Path(tmp) / "inference").iterdir()):
-            (pkg / src.name).write_text(_rewrite(src.read_text()))
+        for root in ROOTS:
+            if (out / root).exists():
+                shutil.rmtree(out / root)
+            for src in sorted((Path(tmp) / root).rglob("*")):
+                dest = out / src.relative_to(tmp)
+                if src.is_dir():
+                    continue
+                for pkg in reversed(dest.relative_to(out).parents[:-1]):  # every package on the way
+                    (out / pkg).mkdir(exist_ok=True)
+                    (out / pkg / "__init__.py").write_text(INIT)
+                dest.write_text(_rewrite(src.read_text()))
 
 
 def main() -> None:

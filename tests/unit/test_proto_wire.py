@@ -234,3 +234,26 @@ def test_generate_reproduces_committed_modules(tmp_path):
     assert sorted(fresh) == sorted(committed)
     for name in fresh:
         assert fresh[name] == committed[name], f"{name} is stale: run python proto/generate.py"
+
+
+def test_feature_service_proto_is_generated_into_the_private_pool():
+    from google.protobuf import descriptor_pool
+
+    from parity._proto import POOL
+    from parity._proto.parity.v1 import features_pb2 as fpb
+
+    assert fpb.DESCRIPTOR.package == "parity.v1"
+    assert POOL.FindFileByName("parity/v1/features.proto") is fpb.DESCRIPTOR
+    with pytest.raises(KeyError):
+        descriptor_pool.Default().FindFileByName("parity/v1/features.proto")
+    method = fpb.DESCRIPTOR.services_by_name["FeatureService"].methods_by_name["GetOnlineFeatures"]
+    assert (method.input_type.full_name, method.output_type.full_name) == (
+        "parity.v1.GetOnlineFeaturesRequest",
+        "parity.v1.GetOnlineFeaturesResponse",
+    )
+    assert not method.client_streaming and not method.server_streaming
+    # the statuses are the server's own numbers
+    from parity.features.online.base import Status
+
+    statuses = fpb.DESCRIPTOR.enum_types_by_name["FeatureStatus"].values
+    assert {v.name: v.number for v in statuses} == {s.name: int(s) for s in Status}

@@ -22,6 +22,7 @@ from parity.config import ServerConfig
 from parity.errors import DeadlineExceeded, GrpcCode, ParityError, as_parity_error
 from parity.serving.core import InferenceCore, bearer
 from parity.serving.transport.grpc_service import (
+    FEATURE_SERVICE,
     SERVICE,
     GrpcService,
     Wire,
@@ -68,7 +69,8 @@ class GrpcTransport:
     def port(self) -> int:
         return self._port
 
-    def _handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+    def _handlers(self) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
+        """Service name -> method name -> handler."""
         uu = grpc.unary_unary_rpc_method_handler
 
         def msg(behavior, request_cls):
@@ -80,7 +82,8 @@ class GrpcTransport:
         handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
             self.model_stream_infer, request_deserializer=pb.ModelInferRequest.FromString, response_serializer=None
         )
-        return handlers
+        features = {name: msg(self._guard(fn), cls) for name, (cls, fn) in self.service.feature_methods().items()}
+        return {SERVICE: handlers, FEATURE_SERVICE: features}
 
     async def start(self) -> None:
         cfg = self.config
@@ -92,12 +95,12 @@ class GrpcTransport:
             ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
         ]
         server = grpc.aio.server(options=options)
-        handlers = self._handlers()
         # Registered methods (grpcio >= 1.63) skip the per-call lookup by name; the generic
         # handler answers the same on any version.
-        if hasattr(server, "add_registered_method_handlers"):
-            server.add_registered_method_handlers(SERVICE, handlers)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        for service, handlers in self._handlers().items():
+            if hasattr(server, "add_registered_method_handlers"):
+                server.add_registered_method_handlers(service, handlers)
+            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
         host = cfg.host
         address = f"[{host}]:{cfg.grpc_port}" if ":" in host else f"{host}:{cfg.grpc_port}"
         try:

@@ -35,6 +35,7 @@ from parity.serving.core import InferenceCore, bearer
 from parity.serving.transport import http2
 from parity.serving.transport.base import listen_socket
 from parity.serving.transport.grpc_service import (
+    FEATURE_SERVICE,
     SERVICE,
     GrpcService,
     Wire,
@@ -143,7 +144,11 @@ class Head:
             self.error = (415, GrpcCode.INTERNAL, "content-type must be application/grpc")
         elif (entry := methods.get(path or b"")) is None:
             where = (path or b"").decode("latin-1")
-            self.error = (200, GrpcCode.UNIMPLEMENTED, f"unknown method {where}; this server implements {SERVICE} (KServe v2 / Triton)")
+            self.error = (
+                200,
+                GrpcCode.UNIMPLEMENTED,
+                f"unknown method {where}; this server implements {SERVICE} (KServe v2 / Triton) and {FEATURE_SERVICE}",
+            )
         elif encoding is not None and encoding not in _ENCODINGS:
             self.error = (
                 200,
@@ -591,9 +596,8 @@ class FastGrpcTransport:
         self.service = GrpcService(core)
         self.wire = Wire()
         prefix = f"/{SERVICE}/"
-        self.methods: dict[bytes, tuple] = {
-            (prefix + name).encode(): (OTHER, cls, fn) for name, (cls, fn) in self.service.methods().items()
-        }
+        # every method but the inference ones, of both services (the feature service's too)
+        self.methods: dict[bytes, tuple] = {path.encode(): (OTHER, cls, fn) for path, (cls, fn) in self.service.paths().items()}
         self.methods[(prefix + "ModelInfer").encode()] = (INFER, pb.ModelInferRequest, None)
         self.methods[(prefix + "ModelStreamInfer").encode()] = (STREAM, pb.ModelInferRequest, None)
         self.connections: set[GrpcConnection] = set()

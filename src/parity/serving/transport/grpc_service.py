@@ -7,7 +7,8 @@ objects and encoded back, independent of how HTTP/2 is spoken.
   per-output tensor headers are encoded once and cached, numeric outputs are joined into the
   message without an intermediate copy;
 - `GrpcService`: every method other than the two inference ones, as `handler(request, token)`
-  returning a message (or its serialized bytes) and raising `ParityError`s.
+  returning a message (or its serialized bytes) and raising `ParityError`s; with
+  `parity.v1.FeatureService/GetOnlineFeatures` (online feature retrieval), served next to it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from google.protobuf import json_format
 
 from parity._proto.inference import grpc_service_pb2 as pb
 from parity._proto.inference import model_config_pb2 as mc
-from parity.errors import InvalidInput, Unimplemented
+from parity._proto.parity.v1 import features_pb2 as fpb
+from parity.errors import InvalidInput, NotFound, Unimplemented
 from parity.serving.core import InferenceCore
 from parity.serving.datatypes import DTYPES, WIRE_DTYPES, decode_raw, element_count, encode_bytes
 from parity.types import InferRequest, RequestedOutput, Tensor
@@ -30,6 +32,7 @@ from parity.types import InferRequest, RequestedOutput, Tensor
 log = logging.getLogger("parity.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
+FEATURE_SERVICE = "parity.v1.FeatureService"
 
 _LITTLE = sys.byteorder == "little"
 # grpcio cancels a call whose deadline passed; a cancellation this close to the request's deadline
@@ -311,6 +314,16 @@ class GrpcService:
             "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, self.repository_model_unload),
         }
 
+    def feature_methods(self) -> dict[str, tuple[type, Callable]]:
+        """The methods of `FEATURE_SERVICE`: method name -> (request message class, handler)."""
+        return {"GetOnlineFeatures": (fpb.GetOnlineFeaturesRequest, self.get_online_features)}
+
+    def paths(self) -> dict[str, tuple[type, Callable]]:
+        """Every method here by its full path ("/service/method") -> (request class, handler)."""
+        out = {f"/{SERVICE}/{name}": entry for name, entry in self.methods().items()}
+        out.update({f"/{FEATURE_SERVICE}/{name}": entry for name, entry in self.feature_methods().items()})
+        return out
+
     # -- server and model information ----------------------------------------------------------------
 
     async def server_live(self, request, token=None):
@@ -378,6 +391,80 @@ class GrpcService:
         await self.core.unload_model(request.model_name, token)
         return pb.RepositoryModelUnloadResponse()
 
+    # -- features ------------------------------------------------------------------------------------
+
+    async def get_online_features(self, request: fpb.GetOnlineFeaturesRequest, token=None) -> fpb.GetOnlineFeaturesResponse:
+        """The twin of POST /v1/features/online: the store is read off the event loop."""
+        features = self.core.features
+        if features is None:
+            raise NotFound("this server has no feature repository; start it with --feature-repository FILE")
+        wanted = _wanted_features(request, features.repo.services)
+        entities = {key: _column(f"entity key {key!r}", v, _ENTITY_KINDS) for key, v in request.entities.items()}
+        if not entities:
+            raise InvalidInput("'entities' must map each join key to its values (one per entity row)")
+        values = {name: _column(f"request value {name!r}", v, _REQUEST_KINDS) for name, v in request.request_values.items()}
+        got = await asyncio.to_thread(features.get_online_features, wanted, entities, values or None)
+        return fpb.GetOnlineFeaturesResponse(features=[_feature_vector(got, name) for name in got.names])
+
+
+def _wanted_features(request: fpb.GetOnlineFeaturesRequest, services) -> str | list[str]:
+    which = request.WhichOneof("features")
+    if which == "feature_service":
+        name = request.feature_service
+        if name not in services:
+            raise InvalidInput(f"unknown feature service {name!r}; the repository has {sorted(services)}")
+        return name
+    if which == "feature_list" and request.feature_list.features:
+        return list(request.feature_list.features)
+    raise InvalidInput("set 'feature_service' to a feature service name or 'feature_list' to 'view:feature' references")
+
+
+_ENTITY_KINDS = ("int64_values", "string_values")
+_REQUEST_KINDS = ("int64_values", "double_values", "string_values", "bool_values")
+# numpy dtypes of the typed lists (strings stay Python lists)
+_LIST_DTYPES = {"int64_values": np.int64, "double_values": np.float64, "bool_values": np.bool_}
+
+
+def _column(what: str, msg, kinds: tuple[str, ...]):
+    """An EntityValues / RequestValues message -> a numpy column (or a list of strings)."""
+    which = msg.WhichOneof("values")
+    if which is None:
+        raise InvalidInput(f"{what} has no values: set one of {', '.join(kinds)}")
+    values = getattr(msg, which).values
+    if which == "string_values":
+        return list(values)
+    return np.array(values, dtype=_LIST_DTYPES[which])
+
+
+# FeatureVector's typed lists by numpy dtype kind and size: (oneof field, list class, placeholder)
+_VECTOR_FIELDS = {
+    np.dtype(np.bool_): ("bool_values", fpb.BoolList, False),
+    np.dtype(np.int32): ("int32_values", fpb.Int32List, 0),
+    np.dtype(np.int64): ("int64_values", fpb.Int64List, 0),
+    np.dtype(np.float32): ("float_values", fpb.FloatList, 0.0),
+    np.dtype(np.float64): ("double_values", fpb.DoubleList, 0.0),
+}
+
+
+def _feature_vector(got, name: str) -> fpb.FeatureVector:
+    values = got.values[name]
+    nulls = np.asarray(got.nulls[name], dtype=bool)
+    spec = _VECTOR_FIELDS.get(values.dtype)
+    if spec is None:  # strings (object columns)
+        strings = ["" if n else (v.decode() if isinstance(v, bytes) else str(v)) for v, n in zip(values, nulls)]
+        column = fpb.StringList(values=strings)
+        field = "string_values"
+    else:
+        field, cls, placeholder = spec
+        column = cls(values=(np.where(nulls, placeholder, values) if nulls.any() else values).tolist())
+    return fpb.FeatureVector(
+        name=name,
+        nulls=nulls.tolist(),
+        statuses=got.status[name].tolist(),
+        ages_ns=got.age_ns[name].tolist(),
+        **{field: column},
+    )
+
 
 def _duration(d: dict | None) -> pb.StatisticDuration:
     if not d:
@@ -410,4 +497,4 @@ def _model_stats(s: dict) -> pb.ModelStatistics:
     )
 
 
-__all__ = ["GrpcService", "SERVICE", "Wire", "decode_infer_request", "stream_error", "stream_ok"]
+__all__ = ["FEATURE_SERVICE", "GrpcService", "SERVICE", "Wire", "decode_infer_request", "stream_error", "stream_ok"]
