@@ -29,7 +29,7 @@ import numpy as np
 
 from parity.errors import InvalidInput
 from parity.features.definitions import FeatureRepository, FeatureView
-from parity.features.offline import _Source, _q
+from parity.features.offline import SourceRelation, quote_ident
 from parity.features.online.base import OnlineStore
 
 CHUNK_ROWS = 20_000
@@ -115,11 +115,11 @@ def materialize(
 def _materialize_view(repo: FeatureRepository, store: OnlineStore, view: FeatureView, lo_us: int | None, end_us: int, progress: bool) -> int:
     con = duckdb.connect()
     try:
-        src = _Source(con, repo, view, 0)
-        keys = ", ".join(_q(k.name) for k in src.keys)
+        src = SourceRelation(con, repo, view, 0)
+        keys = ", ".join(quote_ident(k.name) for k in src.keys)
         avail = "greatest(__ev, __cr)"
         cond = f"{avail} <= {int(end_us)}" + (f" AND {avail} > {int(lo_us)}" if lo_us is not None else "")
-        feats = ", ".join(_q(f.name) for f in view.schema)
+        feats = ", ".join(quote_ident(f.name) for f in view.schema)
         sql = (
             f"SELECT {keys}, __ev, __cr, {feats} FROM ("
             f"SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY __ev DESC, __cr DESC, __tb DESC) AS __rn "

@@ -114,7 +114,8 @@ _INT_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT
 _TS_TYPES = {"TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS", "TIMESTAMP WITH TIME ZONE", "DATE"}
 
 
-def _q(name: str) -> str:
+def quote_ident(name: str) -> str:
+    """A DuckDB identifier, quoted."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -192,8 +193,9 @@ def _source_pattern(path: str) -> str:
     return str(p / "**" / "*.parquet") if p.is_dir() else str(path)
 
 
-class _Source:
-    """One feature view's source, checked, as a DuckDB relation named `name` with columns
+class SourceRelation:
+    """One feature view's source (shared with materialization, so both read and transform a
+    source with the same code), checked, as a DuckDB relation named `name` with columns
     keys..., __ev, __cr (event and created time, int64 us UTC), __tb (position in the source:
     file index * 2**40 + row number, for ties), features...  (the transform already applied)."""
 
@@ -236,7 +238,7 @@ class _Source:
         self.has_created = src.created_timestamp_field is not None
 
         def ts(col: str) -> str:  # microseconds since the epoch, UTC (naive timestamps are UTC)
-            return f"epoch_us({_q(col)})"
+            return f"epoch_us({quote_ident(col)})"
 
         ev = ts(src.timestamp_field)
         cr = f"coalesce({ts(src.created_timestamp_field)}, {ev})" if self.has_created else ev
@@ -248,9 +250,9 @@ class _Source:
             tb = "(__f.__fi * 1099511627776 + file_row_number)"
             frm = f"{rp} JOIN (VALUES {values}) __f(__fn, __fi) ON filename = __f.__fn"
         keysel = ", ".join(
-            (f"CAST({_q(k.name)} AS BIGINT) AS {_q(k.name)}" if k.dtype == "int64" else _q(k.name)) for k in self.keys
+            (f"CAST({quote_ident(k.name)} AS BIGINT) AS {quote_ident(k.name)}" if k.dtype == "int64" else quote_ident(k.name)) for k in self.keys
         )
-        notnull = " AND ".join([f"{_q(k.name)} IS NOT NULL" for k in self.keys] + [f"{_q(src.timestamp_field)} IS NOT NULL"])
+        notnull = " AND ".join([f"{quote_ident(k.name)} IS NOT NULL" for k in self.keys] + [f"{quote_ident(src.timestamp_field)} IS NOT NULL"])
         base = f"SELECT {keysel}, {ev} AS __ev, {cr} AS __cr, {tb} AS __tb"
 
         if view.transform is None:
@@ -260,12 +262,12 @@ class _Source:
                     raise ConfigError(
                         where, f.name, f"feature of dtype {f.dtype} needs a {_DUCK[f.dtype]} column, but the column is {t}"
                     )
-            feats = ", ".join(_q(f.name) for f in view.schema)
+            feats = ", ".join(quote_ident(f.name) for f in view.schema)
             con.execute(f"CREATE TEMP VIEW {self.name} AS {base}, {feats} FROM {frm} WHERE {notnull}")
         else:
             for col in view.input_names:
                 need(col, "transform input")
-            inputs = ", ".join(f"{_q(c)} AS {_q('__in_' + c)}" for c in view.input_names)
+            inputs = ", ".join(f"{quote_ident(c)} AS {quote_ident('__in_' + c)}" for c in view.input_names)
             tbl = con.execute(f"{base}, {inputs} FROM {frm} WHERE {notnull}").arrow()
             columns = {}
             for c in view.input_names:
@@ -287,12 +289,12 @@ class _Source:
         """(CTEs, the joins onto `__e`, the winner's event time, a winner-exists test); the
         features are then columns `__f{i}.<feature>`.  Only flat columns: struct payloads make
         DuckDB's ASOF join several times slower."""
-        keys = ", ".join(_q(k.name) for k in self.keys)
-        on = " AND ".join([f"__e.{_q(k.name)} = __b{i}.{_q(k.name)}" for k in self.keys] + [f"__e.__ts >= __b{i}.__av"])
+        keys = ", ".join(quote_ident(k.name) for k in self.keys)
+        on = " AND ".join([f"__e.{quote_ident(k.name)} = __b{i}.{quote_ident(k.name)}" for k in self.keys] + [f"__e.__ts >= __b{i}.__av"])
         if not self.has_created:
             # one row per (key, event time): the last one in the source wins; the ASOF join on
             # event time then picks the latest event <= ts
-            feats = ", ".join(f"arg_max_null({_q(f.name)}, __tb) AS {_q(f.name)}" for f in self.view.schema)
+            feats = ", ".join(f"arg_max_null({quote_ident(f.name)}, __tb) AS {quote_ident(f.name)}" for f in self.view.schema)
             ctes = [f"__b{i} AS (SELECT {keys}, __ev AS __av, __ev, {feats} FROM {self.name} GROUP BY {keys}, __ev)"]
             return (
                 ctes,
@@ -308,7 +310,7 @@ class _Source:
             f"__m{i} AS (SELECT {keys}, greatest(__ev, __cr) AS __av, max(__rk) AS __rk FROM __r{i} GROUP BY ALL)",
             f"__b{i} AS (SELECT {keys}, __av, max(__rk) OVER (PARTITION BY {keys} ORDER BY __av ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __rk FROM __m{i})",
         ]
-        fetch = " AND ".join([f"__f{i}.{_q(k.name)} = __b{i}.{_q(k.name)}" for k in self.keys] + [f"__f{i}.__rk = __b{i}.__rk"])
+        fetch = " AND ".join([f"__f{i}.{quote_ident(k.name)} = __b{i}.{quote_ident(k.name)}" for k in self.keys] + [f"__f{i}.__rk = __b{i}.__rk"])
         joins = f"ASOF LEFT JOIN __b{i} ON {on} LEFT JOIN __r{i} __f{i} ON {fetch}"
         return ctes, joins, f"__f{i}.__ev", f"__f{i}.__rk IS NOT NULL"
 
@@ -401,7 +403,7 @@ def _join(con, repo, views, key_cols, ts, n) -> dict[str, pa.Array]:
     con.register("__entity_arrow", ent)
     con.execute("CREATE TEMP TABLE __entity AS SELECT * FROM __entity_arrow")
     con.unregister("__entity_arrow")
-    sources = [_Source(con, repo, v, i) for i, v in enumerate(views)]
+    sources = [SourceRelation(con, repo, v, i) for i, v in enumerate(views)]
     out = {}
     for i, s in enumerate(sources):
         # one query per view (narrower ASOF payloads than chaining the joins); its rows come
@@ -409,7 +411,7 @@ def _join(con, repo, views, key_cols, ts, n) -> dict[str, pa.Array]:
         ctes, joins, ev, found = s.join_sql(i)
         ttl_us = round(s.view.ttl_seconds * 1_000_000)
         fresh = f"{ev} >= __e.__ts - {ttl_us}" if ttl_us > 0 else found
-        sel = [f"CASE WHEN {fresh} THEN __f{i}.{_q(f.name)} END AS {_q(f.name)}" for f in s.view.schema]
+        sel = [f"CASE WHEN {fresh} THEN __f{i}.{quote_ident(f.name)} END AS {quote_ident(f.name)}" for f in s.view.schema]
         sql = f"WITH {', '.join(ctes)} SELECT __e.__row, {', '.join(sel)} FROM __entity __e {joins}"
         res = con.execute(sql).arrow()
         if res.num_rows != n:  # pragma: no cover - a bug, never bad input
@@ -464,4 +466,4 @@ def _on_demand(repo: FeatureRepository, odfv: OnDemandFeatureView, joined: dict,
     return result
 
 
-__all__ = ["get_historical_features"]
+__all__ = ["SourceRelation", "get_historical_features", "quote_ident"]
