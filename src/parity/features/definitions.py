@@ -95,7 +95,9 @@ class FileSource:
 class FeatureView:
     """Features of `entities`, computed by `transform` from the source's columns `inputs`
     (default: the schema's names, read as they are), valid for `ttl_seconds` after their event
-    time (0: forever)."""
+    time (0: forever).  An input given as a `Field` has a declared dtype: every path hands the
+    transform that dtype (a lossless-kind cast, e.g. int64 -> float64, or an error naming the
+    column), so a transform cannot see int64 on one path and float64 on another."""
 
     name: str
     entities: tuple[str, ...]
@@ -103,7 +105,7 @@ class FeatureView:
     schema: tuple[Field, ...]
     ttl_seconds: float = 0.0
     transform: Transform | None = None
-    inputs: tuple[str, ...] | None = None
+    inputs: tuple[str | Field, ...] | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -123,7 +125,14 @@ class FeatureView:
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        return self.inputs if self.inputs is not None else self.feature_names
+        if self.inputs is None:
+            return self.feature_names
+        return tuple(i.name if isinstance(i, Field) else i for i in self.inputs)
+
+    @property
+    def input_fields(self) -> tuple[Field, ...]:
+        """The inputs declared with a dtype."""
+        return tuple(i for i in (self.inputs or ()) if isinstance(i, Field))
 
 
 @dataclass(frozen=True)
@@ -177,10 +186,33 @@ class FeatureService:
             raise ConfigError(f"feature service {self.name!r}", "on_missing", "must be 'reject' or 'default'")
 
 
-def apply_transform(name: str, transform: Transform | None, columns: Columns, schema: tuple[Field, ...], rows: int) -> Columns:
-    """Run a view's transform over `rows` rows and check what it returns: every declared
-    feature, `rows` values each, the declared dtype.  The offline and the online paths both
-    call this, so both get the same values and the same errors."""
+def typed_inputs(name: str, columns: Columns, inputs: tuple[Field, ...]) -> Columns:
+    """The columns with each declared input in its declared dtype: a cast within the same kind
+    of number (or a widening one: int -> float), else InvalidInput naming the column."""
+    if not inputs:
+        return columns
+    out = dict(columns)
+    for f in inputs:
+        if f.name not in out:
+            raise InvalidInput(f"the transform of {name!r} needs input {f.name!r}; got {sorted(out)}")
+        arr = np.asarray(out[f.name])
+        want = DTYPES[f.dtype]
+        if arr.dtype != want:
+            if f.dtype == "string" or arr.dtype == object or not np.can_cast(arr.dtype, want, casting="same_kind"):
+                raise InvalidInput(f"input {f.name!r} of {name!r} is declared {f.dtype} but the values are {arr.dtype}")
+            arr = arr.astype(want)
+        out[f.name] = arr
+    return out
+
+
+def apply_transform(
+    name: str, transform: Transform | None, columns: Columns, schema: tuple[Field, ...], rows: int, inputs: tuple[Field, ...] = ()
+) -> Columns:
+    """Run a view's transform over `rows` rows (its declared `inputs` cast to their dtypes first)
+    and check what it returns: every declared feature, `rows` values each, the declared dtype.
+    The offline and the online paths both call this, so both get the same values and the same
+    errors."""
+    columns = typed_inputs(name, columns, inputs)
     if transform is None:
         out = {f.name: columns[f.name] for f in schema}
     else:
@@ -324,5 +356,5 @@ class FeatureRepository:
 
 __all__ = [
     "DTYPES", "Entity", "FeatureRepository", "FeatureService", "FeatureView", "Field", "FileSource",
-    "OnDemandFeatureView", "RequestSource", "apply_transform",
+    "OnDemandFeatureView", "RequestSource", "apply_transform", "typed_inputs",
 ]  # fmt: skip

@@ -114,6 +114,21 @@ _INT_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT
 _TS_TYPES = {"TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS", "TIMESTAMP WITH TIME ZONE", "DATE"}
 
 
+_FLOAT_TYPES = {"FLOAT", "DOUBLE"}
+
+
+def _castable(duck_type: str, dtype: str) -> bool:
+    """Whether a source column of `duck_type` may feed a transform input declared `dtype`
+    (the cast `typed_inputs` makes: within a kind, or int -> float)."""
+    if dtype == "string":
+        return duck_type == "VARCHAR"
+    if dtype == "bool":
+        return duck_type == "BOOLEAN"
+    if dtype in ("int32", "int64"):
+        return duck_type in _INT_TYPES or duck_type == "UBIGINT"
+    return duck_type in _INT_TYPES or duck_type in _FLOAT_TYPES or duck_type == "UBIGINT"
+
+
 def quote_ident(name: str) -> str:
     """A DuckDB identifier, quoted."""
     return '"' + name.replace('"', '""') + '"'
@@ -265,8 +280,12 @@ class SourceRelation:
             feats = ", ".join(quote_ident(f.name) for f in view.schema)
             con.execute(f"CREATE TEMP VIEW {self.name} AS {base}, {feats} FROM {frm} WHERE {notnull}")
         else:
+            declared = {f.name: f.dtype for f in view.input_fields}
             for col in view.input_names:
-                need(col, "transform input")
+                t = need(col, "transform input")
+                dtype = declared.get(col)
+                if dtype is not None and not _castable(t, dtype):
+                    raise ConfigError(where, col, f"transform input declared {dtype}, but the column is {t}")
             inputs = ", ".join(f"{quote_ident(c)} AS {quote_ident('__in_' + c)}" for c in view.input_names)
             tbl = con.execute(f"{base}, {inputs} FROM {frm} WHERE {notnull}").arrow()
             columns = {}
@@ -277,7 +296,10 @@ class SourceRelation:
                         where, c, f"transform input has {col.null_count} null value(s); a transform's inputs must be non-null"
                     )
                 columns[c] = col.to_numpy()
-            out = apply_transform(view.name, view.transform, columns, view.schema, tbl.num_rows)
+            try:
+                out = apply_transform(view.name, view.transform, columns, view.schema, tbl.num_rows, view.input_fields)
+            except InvalidInput as e:
+                raise ConfigError(where, "transform", e.message) from e
             head = tbl.select([k.name for k in self.keys] + ["__ev", "__cr", "__tb"])
             for f in view.schema:
                 head = head.append_column(f.name, pa.array(out[f.name], type=_ARROW[f.dtype]))
