@@ -70,8 +70,19 @@ def _layout(schema: tuple[tuple[str, str], ...]) -> Layout:
     )  # fmt: skip
 
 
+_LAYOUTS: dict[int, tuple[tuple, Layout]] = {}
+
+
 def layout(view: FeatureView) -> Layout:
-    return _layout(tuple((f.name, f.dtype) for f in view.schema))
+    """The view's layout, computed once per schema object (views are immutable)."""
+    hit = _LAYOUTS.get(id(view.schema))
+    if hit is not None and hit[0] is view.schema:
+        return hit[1]
+    lay = _layout(tuple((f.name, f.dtype) for f in view.schema))
+    if len(_LAYOUTS) > 1024:
+        _LAYOUTS.clear()
+    _LAYOUTS[id(view.schema)] = (view.schema, lay)  # the schema is kept alive: its id stays its own
+    return lay
 
 
 def _column(view: FeatureView, name: str, dt: str, col, rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -184,14 +195,17 @@ def decode(view: FeatureView, blobs: list) -> Decoded:
     values: dict[str, np.ndarray] = {}
     nulls: dict[str, np.ndarray] = {}
     offsets = np.full(len(idx), size, dtype=np.int64)
-    every = len(idx) == rows  # the common case: every entity found, values in request order
+    every = len(idx) == rows and rows > 0  # the common case: every entity found, in request order
+    if every:
+        by_feature = np.ascontiguousarray(null_bits.T)  # one row of null flags per feature
+        any_null = by_feature.any(axis=1).tolist()
     for i, (name, dt) in enumerate(zip(lay.names, lay.dtypes)):
-        if every and rows and dt != "string":
+        if every and dt != "string":
             # straight from the slots, without the scatter into a filled column
-            m = np.ascontiguousarray(null_bits[:, i])
+            m = by_feature[i]
             slot = fixed[f"f{i}"]
             col = slot.astype(DTYPES[dt]) if dt != "bool" else slot != 0
-            if m.any():
+            if any_null[i]:
                 col[m] = _FILL[dt]
             values[name] = col
             nulls[name] = m
