@@ -111,7 +111,9 @@ def test_cpu_seconds_counts_children_alive_and_exited():
     try:
         before = 0.0  # the whole tree started after this point
         assert proc.stdout.readline().strip() == "go"
-        time.sleep(0.8)  # let the live child burn its 0.4 s
+        deadline = time.monotonic() + 10  # until the live child has burnt its 0.4 s too
+        while perf.cpu_seconds(proc.pid) - before < 0.7 and time.monotonic() < deadline:
+            time.sleep(0.02)
         total = perf.cpu_seconds(proc.pid)
         alone = perf.cpu_seconds(proc.pid, include_children=False)
         assert total - before >= 0.7  # two children x 0.4 s (+ interpreter start-up)

@@ -33,7 +33,7 @@ def test_response_encoding_matches_protobuf():
                 expected.raw_output_contents.append(b"".join(len(v).to_bytes(4, "little") + v for v in t.data.ravel()))
             else:
                 expected.raw_output_contents.append(t.data.astype(t.data.dtype.newbyteorder("<")).tobytes())
-        got = wire.infer_response(model, version, rid, outputs)
+        got = wire.encode(model, version, rid, {t.name: t.data for t in outputs}, {t.name: t.datatype for t in outputs})
         assert pb.ModelInferResponse.FromString(got) == expected
         assert got == expected.SerializeToString()
         assert pb.ModelStreamInferResponse.FromString(stream_ok(got)).infer_response == expected

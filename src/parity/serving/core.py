@@ -166,7 +166,7 @@ class InferenceCore:
         return fut, plan, t0
 
     def finish(self, req: InferRequest, plan: Plan, t0: int, outputs: dict) -> InferResponse:
-        plan.stats.record_success(time.perf_counter_ns() - t0)
+        self.succeeded(plan, t0)
         types = plan.output_types
         return InferResponse(
             plan.model_name, plan.label, req.id, [Tensor(n, types[n], arr.shape, arr) for n, arr in outputs.items()]

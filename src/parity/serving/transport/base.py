@@ -4,6 +4,7 @@ They hold no serving logic of their own."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import Protocol
 
@@ -38,3 +39,36 @@ def listen_socket(host: str, port: int, *, reuse_port: bool, backlog: int = 2048
     sock.listen(backlog)
     sock.setblocking(False)
     return sock
+
+
+class ConnectionSet:
+    """The open connections of a transport that owns its listening socket, and their graceful
+    stop.  Connections call `connection_closed` when they go; each offers `shutdown()` (finish
+    what was accepted, then close) and `abort()`."""
+
+    def __init__(self) -> None:
+        self.connections: set = set()
+        self.stopping = False
+        self._server: asyncio.AbstractServer | None = None
+        self._all_closed = asyncio.Event()
+
+    def connection_closed(self, conn) -> None:
+        self.connections.discard(conn)
+        if self.stopping and not self.connections:
+            self._all_closed.set()
+
+    async def close_connections(self, grace: float) -> None:
+        """Stop accepting; let every connection finish what it accepted for up to `grace`
+        seconds; then abort whatever remains."""
+        self.stopping = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self.connections:
+            try:
+                await asyncio.wait_for(self._all_closed.wait(), grace)
+            except TimeoutError:
+                pass
+        for conn in list(self.connections):
+            conn.abort()

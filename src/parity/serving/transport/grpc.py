@@ -182,8 +182,8 @@ class GrpcTransport:
         except Exception as e:
             await self._abort(context, core.fail(plan, t0, e))
         try:
-            resp = core.finish(req, plan, t0, outputs)
-            return self._wire.infer_response(resp.model_name, resp.model_version, resp.id, resp.outputs)
+            core.succeeded(plan, t0)
+            return self._wire.encode(plan.model_name, plan.label, req.id, outputs, plan.output_types)
         except Exception as e:
             await self._abort(context, e)
 
@@ -209,8 +209,8 @@ class GrpcTransport:
                 out.put_nowait(stream_error(err.message, req.model_name, req.id))
             else:
                 try:
-                    resp = core.finish(req, plan, t0, fut.result())
-                    out.put_nowait(stream_ok(wire.infer_response(resp.model_name, resp.model_version, resp.id, resp.outputs)))
+                    core.succeeded(plan, t0)
+                    out.put_nowait(stream_ok(wire.encode(plan.model_name, plan.label, req.id, fut.result(), plan.output_types)))
                 except Exception as e:  # noqa: BLE001 - an encoding bug must not end the stream
                     log.error("gRPC stream: unexpected error", exc_info=e)
                     out.put_nowait(stream_error(as_parity_error(e).message, req.model_name, req.id))

@@ -33,7 +33,7 @@ from parity.config import ServerConfig
 from parity.errors import DeadlineExceeded, GrpcCode, InternalError, ParityError, as_parity_error
 from parity.serving.core import InferenceCore, bearer
 from parity.serving.transport import http2
-from parity.serving.transport.base import listen_socket
+from parity.serving.transport.base import ConnectionSet, listen_socket
 from parity.serving.transport.grpc_service import (
     FEATURE_SERVICE,
     SERVICE,
@@ -585,12 +585,13 @@ def _too_large(size: int, limit: int) -> str:
     )
 
 
-class FastGrpcTransport:
+class FastGrpcTransport(ConnectionSet):
     """gRPC on `http2.H2Connection`; plain TCP, or TLS with ALPN h2 when a certificate is set."""
 
     name = "grpc"
 
     def __init__(self, core: InferenceCore, config: ServerConfig) -> None:
+        super().__init__()
         self.core = core
         self.config = config
         self.service = GrpcService(core)
@@ -600,11 +601,7 @@ class FastGrpcTransport:
         self.methods: dict[bytes, tuple] = {path.encode(): (OTHER, cls, fn) for path, (cls, fn) in self.service.paths().items()}
         self.methods[(prefix + "ModelInfer").encode()] = (INFER, pb.ModelInferRequest, None)
         self.methods[(prefix + "ModelStreamInfer").encode()] = (STREAM, pb.ModelInferRequest, None)
-        self.connections: set[GrpcConnection] = set()
-        self.stopping = False
-        self._server: asyncio.AbstractServer | None = None
         self._port = 0
-        self._closed = asyncio.Event()
 
     @property
     def port(self) -> int:
@@ -630,26 +627,10 @@ class FastGrpcTransport:
             lambda: GrpcConnection(self), sock=sock, ssl=ctx, ssl_handshake_timeout=10.0 if ctx else None
         )
 
-    def connection_closed(self, conn: GrpcConnection) -> None:
-        self.connections.discard(conn)
-        if self.stopping and not self.connections:
-            self._closed.set()
-
     async def stop(self, grace: float) -> None:
         """Stop accepting; GOAWAY on every connection; calls in flight finish (open streams once
         the requests they carry are answered) for up to `grace` seconds; then close the rest."""
-        self.stopping = True
-        if self._server is not None:
-            self._server.close()
-        for conn in list(self.connections):
-            conn.shutdown()
-        if self.connections:
-            try:
-                await asyncio.wait_for(self._closed.wait(), grace)
-            except TimeoutError:
-                pass
-        for conn in list(self.connections):
-            conn.abort()
+        await self.close_connections(grace)
 
 
 __all__ = ["FastGrpcTransport", "HEAD", "OK", "RESPONSE_HEAD", "TRAILERS_OK", "parse_timeout", "percent_encode", "status_block"]

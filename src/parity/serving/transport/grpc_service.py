@@ -111,12 +111,9 @@ class Wire:
             h = self.headers[key] = _field(_T1, name.encode()) + _field(_T2, datatype.encode())
         return h
 
-    def infer_response(self, model: str, version: str, req_id: str, outputs: list[Tensor]) -> bytes:
-        """A serialized ModelInferResponse with raw_output_contents (what tritonclient reads)."""
-        return self.encode(model, version, req_id, {t.name: t.data for t in outputs}, {t.name: t.datatype for t in outputs})
-
     def encode(self, model: str, version: str, req_id: str, arrays: dict, types: dict) -> bytes:
-        """The same from {output name: array} and {output name: datatype}."""
+        """A serialized ModelInferResponse with raw_output_contents (what tritonclient reads),
+        from {output name: array} and {output name: datatype}."""
         parts: list = [self.prefix(model, version)]
         if req_id:
             parts.append(_field(_T3, req_id.encode()))

@@ -27,7 +27,7 @@ import httptools
 from parity.config import ServerConfig
 from parity.errors import InternalError, InvalidInput, NotFound, ParityError
 from parity.serving.core import InferenceCore, bearer
-from parity.serving.transport.base import listen_socket
+from parity.serving.transport.base import ConnectionSet, listen_socket
 from parity.serving.transport.http_codec import (
     check_parameters,
     decode_body,
@@ -96,19 +96,16 @@ def _status_line(status: int) -> bytes:
     return line if line is not None else b"%d Unknown" % status
 
 
-class HttpTransport:
+class HttpTransport(ConnectionSet):
     name = "http"
 
     def __init__(self, core: InferenceCore, config: ServerConfig) -> None:
+        super().__init__()
         self.core = core
         self.config = config
-        self.stopping = False
-        self.connections: set[HttpConnection] = set()
         self.date_line = b""
-        self._server: asyncio.AbstractServer | None = None
         self._port = 0
         self._date_timer: asyncio.TimerHandle | None = None
-        self._closed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self.now = 0.0  # the loop's clock at the last one-second tick
         self._update_date()
@@ -160,26 +157,10 @@ class HttpTransport:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def connection_closed(self, conn: HttpConnection) -> None:
-        self.connections.discard(conn)
-        if self.stopping and not self.connections:
-            self._closed.set()
-
     async def stop(self, grace: float) -> None:
         """Stop accepting; answer what was accepted (closing each connection after its last
         answer) for up to `grace` seconds; then close whatever remains."""
-        self.stopping = True
-        if self._server is not None:
-            self._server.close()
-        for conn in list(self.connections):
-            conn.shutdown()
-        if self.connections:
-            try:
-                await asyncio.wait_for(self._closed.wait(), grace)
-            except TimeoutError:
-                pass
-        for conn in list(self.connections):
-            conn.abort()
+        await self.close_connections(grace)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=max(grace, 0.1))
         if self._date_timer is not None:
