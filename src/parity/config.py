@@ -82,6 +82,16 @@ class Runtime:
 
 
 @dataclass(frozen=True, slots=True)
+class FeatureJoin:
+    """`features:` in a model's config: the model's input tensor `input` is filled from the
+    feature service `service` of the server's feature repository; clients send entity keys (and
+    request-time values) instead of that tensor."""
+
+    service: str
+    input: str = ""  # "" = the model's only input
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str
     platform: str
@@ -95,6 +105,10 @@ class ModelConfig:
     default_model_filename: str = ""
     parameters: dict[str, str] = field(default_factory=dict)
     auto_completed: bool = False
+    features: FeatureJoin | None = None
+    # A feature-joined model: `inputs` are what clients send (entity keys, request values, other
+    # model inputs) and `model_inputs` the model's own tensors; () for every other model.
+    model_inputs: tuple[TensorSpec, ...] = ()
 
     @property
     def batching(self) -> bool:
@@ -281,6 +295,21 @@ def parse_model_config(data: Any, source: str, *, model_name: str) -> ModelConfi
     if default_model_filename and not valid_name(default_model_filename):
         raise ConfigError(source, "default_model_filename", "must be a plain file name inside the version directory")
     params = f.get("parameters", dict, {})
+    features = None
+    fj = f.sub("features")
+    if fj is not None:
+        service = fj.get("service", str, required=True)
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", service):
+            raise ConfigError(source, "features.service", f"'{service}' is not a feature service name")
+        tensor = fj.get("input", str, "")
+        if tensor and not any(t.name == tensor for t in inputs):
+            raise ConfigError(source, "features.input", f"'{tensor}' is not one of the model's inputs {[t.name for t in inputs]}")
+        fj.finish()
+        if max_batch_size == 0:
+            raise ConfigError(source, "features", "needs max_batch_size > 0: a feature-joined model takes one row per entity")
+        if not tensor and len(inputs) != 1:
+            raise ConfigError(source, "features.input", f"is required: the model has several inputs {[t.name for t in inputs]}")
+        features = FeatureJoin(service, tensor or inputs[0].name)
     f.finish()
     return ModelConfig(
         name=name,
@@ -294,6 +323,7 @@ def parse_model_config(data: Any, source: str, *, model_name: str) -> ModelConfi
         warmup_batch_sizes=warmup,
         default_model_filename=default_model_filename,
         parameters={str(k): str(v) for k, v in params.items()},
+        features=features,
     )
 
 

@@ -165,6 +165,20 @@ def test_service_defaults_and_duplicates():
         FeatureRepository([user, view("v"), FeatureService("m", features=("v:*", "v:a"))])
 
 
+def test_service_defaults_must_name_listed_features_and_fit_their_dtype():
+    def service(defaults):
+        return FeatureRepository([user, view("v"), FeatureService("m", features=("v:a",), on_missing="default", defaults=defaults)])
+
+    with pytest.raises(ConfigError, match=r"feature service 'm': defaults: 'v:b' is not one of the service's features \['v:a'\]"):
+        service({"v:a": 1.0, "v:b": 2.0})
+    with pytest.raises(ConfigError, match=r"the default 'x' of 'v:a' is not a float64 value"):
+        service({"v:a": "x"})
+    with pytest.raises(ConfigError, match=r"the default None of 'v:a'"):
+        service({"v:a": None})
+    assert service({"v:a": 0.25}).services["m"].defaults == {"v:a": 0.25}
+    assert service({"v:a": float("nan")}).services["m"].defaults["v:a"] != 0.0
+
+
 def test_on_demand_unknown_source():
     odv = OnDemandFeatureView("odv", sources=("v", "req"), schema=(Field("y", "float64"),), transform=lambda c: c)
     with pytest.raises(ConfigError) as e:

@@ -65,7 +65,7 @@ class Server:
         # for them.  A worker sharing its ports listens only once loaded: the kernel spreads new
         # connections over every listener, and none should land on a worker that cannot serve yet.
         if cfg.feature_repository:
-            self.core.features = open_feature_server(cfg)
+            self.core.features = self.repository.features = open_feature_server(cfg)
         self.transports = make_transports(self.core, cfg)
         shared_ports = os.environ.get(WORKER_ENV) is not None
         if not shared_ports:

@@ -321,6 +321,9 @@ def triton_config(cfg: ModelConfig) -> dict:
         "default_model_filename": cfg.model_filename,
         "parameters": {k: {"string_value": v} for k, v in cfg.parameters.items()},
     }
+    if cfg.features is not None:  # a feature-joined model: where its feature tensor comes from
+        out["parameters"]["feature_service"] = {"string_value": cfg.features.service}
+        out["parameters"]["feature_input"] = {"string_value": cfg.features.input}
     vp = cfg.version_policy
     if vp.kind == "latest":
         out["version_policy"] = {"latest": {"num_versions": vp.num_versions}}

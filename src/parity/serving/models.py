@@ -67,6 +67,7 @@ class Repository:
         self.stats: dict[tuple[str, str], VersionStats] = {}
         self.load_events: dict[tuple[str, str, str], int] = {}
         self._on_load = on_load  # callback(version) to build per-version plans
+        self.features = None  # the server's FeatureServer, for models whose config names a feature service
         self._retiring: set[asyncio.Task] = set()
 
     # -- lookup (request path) ------------------------------------------------------------------
@@ -159,6 +160,9 @@ class Repository:
             cfg_path = mdir / "config.yaml"
             try:
                 config = self._read_config(name)
+                stage = self._feature_stage(config, str(cfg_path))
+                if stage is not None:
+                    config = stage.client_config(config)
             except ParityError as e:
                 model.error = e.message
                 self._event(name, "", "failure")
@@ -186,7 +190,7 @@ class Repository:
                     continue
                 model.states[number] = ("LOADING", "")
                 try:
-                    new_versions[number] = await self._load_version(name, number, config, fp)
+                    new_versions[number] = await self._load_version(name, number, config, fp, stage)
                     model.states[number] = ("READY", "")
                     self._event(name, str(number), "success")
                 except ParityError as e:
@@ -215,16 +219,30 @@ class Repository:
                 raise ModelLoadError(f"model '{name}': {'; '.join(errors)}{serving}")
             return model
 
-    async def _load_version(self, name: str, number: int, config: ModelConfig, fp: tuple) -> Version:
+    def _feature_stage(self, config: ModelConfig, source: str):
+        """The feature plan of a model whose config names a feature service (None otherwise)."""
+        if config.features is None:
+            return None
+        if self.features is None:
+            raise ConfigError(
+                source, "features", f"names feature service '{config.features.service}' but the server has no feature "
+                "repository; start it with --feature-repository FILE --online-store URL",
+            )  # fmt: skip
+        from parity.serving.features import FeatureStage
+
+        return FeatureStage(config, self.features)
+
+    async def _load_version(self, name: str, number: int, config: ModelConfig, fp: tuple, stage=None) -> Version:
         path = self.root / name / str(number) / config.model_filename
         t0 = time.perf_counter()
-        runners = [create_runner(config, path) for _ in range(config.runtime.instances)]
+        run_config = config if stage is None else stage.runner_config(config)  # the model's own tensors
+        runners = [create_runner(run_config, path) for _ in range(config.runtime.instances)]
         loop = asyncio.get_running_loop()
 
         def load_and_warm() -> dict[int, float]:
             for r in runners:
                 r.load()
-            timings = [warm_up(r, config) for r in runners]
+            timings = [warm_up(r, run_config) for r in runners]
             return {size: max(t[size] for t in timings) for size in timings[0]}
 
         try:
@@ -233,12 +251,13 @@ class Repository:
             raise
         except Exception as e:
             raise ModelLoadError(f"model '{name}' version {number}: {type(e).__name__}: {e}") from None
-        inline_max_rows = inline_rows(config, timings)
+        inline_max_rows = inline_rows(config, timings) if stage is None else 0
         key = (name, str(number))
         stats = self.stats.get(key)
         if stats is None:
             stats = self.stats[key] = VersionStats(name, str(number))
-        version = Version(name, number, config, Scheduler(config, runners, stats, inline_max_rows=inline_max_rows), stats, fp)
+        scheduler = Scheduler(config, runners, stats, inline_max_rows=inline_max_rows, stage=stage)
+        version = Version(name, number, config, scheduler, stats, fp)
         if self._on_load is not None:
             self._on_load(version)
         log.info(

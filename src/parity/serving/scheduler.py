@@ -103,10 +103,15 @@ class Instance:
 
 
 class Scheduler:
-    def __init__(self, config: ModelConfig, runners: list[Runner], stats: VersionStats, *, inline_max_rows: int):
+    def __init__(self, config: ModelConfig, runners: list[Runner], stats: VersionStats, *, inline_max_rows: int, stage=None):
         """`inline_max_rows`: batches of up to this many rows run on the event loop (a thread
-        hand-off would cost more than the model), larger ones in the instance's thread."""
+        hand-off would cost more than the model), larger ones in the instance's thread.
+        `stage`: a feature-joined model's `FeatureStage`; its batches always run in the
+        instance's thread (they read the online store)."""
         self.config = config
+        self.stage = stage
+        if stage is not None:
+            inline_max_rows = 0
         self.stats = stats
         self.inline_max_rows = inline_max_rows
         self.loop = asyncio.get_running_loop()
@@ -218,7 +223,7 @@ class Scheduler:
             self._fail_batch(batch, e)
             return
         in_ns = time.perf_counter_ns() - t_start
-        cf = instance.executor.submit(self._run_timed, instance.runner, inputs, outputs)
+        cf = instance.executor.submit(self._run_timed if self.stage is None else self._run_joined, instance.runner, inputs, outputs)
         cf.add_done_callback(
             lambda f: loop.call_soon_threadsafe(self._complete_future, instance, batch, f, outputs, rows, t_start, in_ns)
         )
@@ -302,6 +307,13 @@ class Scheduler:
         results = runner.run(inputs, outputs)
         return results, time.perf_counter_ns() - t
 
+    def _run_joined(self, runner: Runner, inputs: list[np.ndarray], outputs: list[str]):
+        """A feature-joined model's batch: read and assemble its features, then run the model."""
+        model_inputs, missing, defaulted, feature_ns = self.stage.assemble(inputs)
+        t = time.perf_counter_ns()
+        results = runner.run(model_inputs, outputs)
+        return results, time.perf_counter_ns() - t, missing, defaulted, feature_ns
+
     def _rows_message(self, name, arr, rows) -> str:
         return (
             f"model '{self.stats.model}': output '{name}' has shape {list(arr.shape)} for a batch of {rows} rows; "
@@ -313,14 +325,32 @@ class Scheduler:
         if exc is not None:
             result = exc
         else:
-            results, run_ns = cf.result()
+            results, run_ns, *joined = cf.result()
             t = time.perf_counter_ns()
             try:
                 per_request = self._split(batch, outputs, results)
+                if joined:
+                    missing, defaulted, feature_ns = joined
+                    in_ns += feature_ns  # reading the features is part of preparing the batch's input
+                    self.stats.record_features(feature_ns * 1e-9, missing.count() if missing is not None else 0, defaulted)
+                    if missing is not None:
+                        per_request = self._reject_missing(batch, per_request, missing)
                 result = per_request, (t_start, in_ns, run_ns, time.perf_counter_ns() - t), rows
             except BaseException as e:
                 result = e
         self._complete(instance, batch, result, from_thread=True)
+
+    def _reject_missing(self, batch: list[Pending], per_request: list, missing) -> list:
+        """Replace the outputs of each request holding a row that the feature service's reject
+        policy refuses with its NOT_FOUND error; the batch's other requests keep their answers."""
+        out = []
+        start = 0
+        for it, outs in zip(batch, per_request):
+            rows = it.rows if self.concat else int(it.inputs[0].shape[0])
+            err = missing.error(start, start + rows)
+            out.append(outs if err is None else err)
+            start += rows
+        return out
 
     def _fail_batch(self, batch: list[Pending], exc: BaseException) -> None:
         err = exc if isinstance(exc, ParityError) else InternalError(f"model '{self.stats.model}': {type(exc).__name__}: {exc}")
@@ -355,7 +385,11 @@ class Scheduler:
                 waited = t_start_loop - it.enqueued
                 record_queue(waited if waited > 0 else 0.0)
                 fut = it.future
-                if not fut.done():
+                if fut.done():
+                    continue
+                if outs.__class__ is not dict:  # a feature-joined request refused by its service's policy
+                    fut.set_exception(outs)
+                else:
                     wanted = it.outputs
                     fut.set_result(outs if len(outs) == len(wanted) else {n: outs[n] for n in wanted})
         if from_thread and self._drain_handle is None and len(self.batcher):

@@ -18,7 +18,7 @@ class VersionStats:
         "model", "version", "success_count", "success_ns", "fail_count", "fail_ns", "queue_count",
         "queue_ns", "input_ns", "infer_ns", "output_ns", "compute_count", "inference_count",
         "execution_count", "last_inference_ms", "batch_stats", "failures", "queue_hist",
-        "compute_hist", "request_hist", "batch_hist", "pending",
+        "compute_hist", "request_hist", "batch_hist", "pending", "feature_hist", "feature_missing",
     )  # fmt: skip
 
     def __init__(self, model: str, version: str):
@@ -37,6 +37,20 @@ class VersionStats:
         self.request_hist = Histogram()
         self.batch_hist = Histogram(BATCH_BUCKETS)
         self.pending = lambda: 0  # replaced by the scheduler that owns the queue
+        # Feature-joined models: time per batch reading and assembling features, and the entity
+        # rows with missing features by what the service's policy did with them.
+        self.feature_hist: Histogram | None = None
+        self.feature_missing: dict[str, int] = {}
+
+    def record_features(self, seconds: float, rejected: int, defaulted: int) -> None:
+        if self.feature_hist is None:
+            self.feature_hist = Histogram()
+            self.feature_missing = {"rejected": 0, "defaulted": 0}
+        self.feature_hist.observe(seconds)
+        if rejected:
+            self.feature_missing["rejected"] += rejected
+        if defaulted:
+            self.feature_missing["defaulted"] += defaulted
 
     def record_batch(self, n_requests: int, rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         self.execution_count += 1
@@ -141,6 +155,8 @@ def families(all_stats: list[VersionStats], server_failures: dict[str, int], loa
         "batch": Family("parity_batch_size", "histogram", "Rows per executed batch."),
         "pending": Family("parity_pending_requests", "gauge", "Requests queued and not yet executed."),
         "load": Family("parity_model_load_total", "counter", "Model version load attempts, by result (success, failure) and unloads."),
+        "features": Family("parity_feature_fetch_duration_seconds", "histogram", "Feature-joined models: time per batch reading the online store and assembling the model's input."),
+        "missing": Family("parity_feature_missing_rows_total", "counter", "Feature-joined models: entity rows whose features were missing, by the service's policy (rejected: the request failed NOT_FOUND; defaulted: declared defaults were used)."),
     }
     for s in all_stats:
         lab = (("model", s.model), ("version", s.version))
@@ -154,6 +170,10 @@ def families(all_stats: list[VersionStats], server_failures: dict[str, int], loa
         f["request"].add(lab, s.request_hist)
         f["batch"].add(lab, s.batch_hist)
         f["pending"].add(lab, s.pending())
+        if s.feature_hist is not None:
+            f["features"].add(lab, s.feature_hist)
+            for policy, n in s.feature_missing.items():
+                f["missing"].add(lab + (("policy", policy),), n)
     for reason, n in server_failures.items():
         f["failure"].add((("model", ""), ("version", ""), ("reason", reason)), n)
     for (model, version, result), n in load_events.items():

@@ -1,0 +1,227 @@
+"""Feature-joined inference: a model whose config names a feature service gets its input tensor
+from the online store, for a whole batch at once.
+
+    DIR/<model>/config.yaml
+        features:
+          service: fraud_detection   # a feature service of the server's --feature-repository
+          input: x                   # the model tensor it fills (default: the model's only input)
+
+Decided once, when a version loads (`FeatureStage`): the service's read plan, the tensor layout,
+and what clients send instead of the tensor -- one input per entity join key of the service's
+stored views (INT64 or BYTES, named after the key, shape [batch, 1]), one per request-time field
+of its on-demand views (named after the field, in the field's datatype), and the model's other
+inputs unchanged.  That signature is what ModelMetadata and ModelConfig publish, so tritonclient
+and perf_analyzer send entity ids as ordinary tensors.
+
+Per batch, in the runner's thread (never on the event loop): one online-store read for every
+entity of every request in the batch, the on-demand transforms, the features written into one
+[rows, N] array in the service's order and the model input's datatype, then the model.
+
+A row with a missing feature (entity not found, value expired by TTL, or a null value) follows the
+service's `on_missing` policy: "reject" fails the request that sent the row with NOT_FOUND naming
+the entity and the view (the other requests of the batch are answered); "default" uses the
+service's declared default for every missing feature.  Both are counted in
+`parity_feature_missing_rows_total{policy}`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from parity.config import DATATYPES, ModelConfig, TensorSpec
+from parity.errors import ConfigError, NotFound
+from parity.features.definitions import FeatureService
+from parity.features.online.base import Status
+from parity.features.retrieval import FeatureServer
+from parity.serving.datatypes import DTYPES
+
+# feature dtype -> the datatype of a client input carrying it
+_WIRE = {
+    "bool": "BOOL", "int32": "INT32", "int64": "INT64", "float32": "FP32", "float64": "FP64", "string": "BYTES",
+}  # fmt: skip
+_NUMERIC = {d for d in DATATYPES if d not in ("BYTES", "BOOL")}
+
+
+class FeatureStage:
+    """One feature-joined model version's feature plan, built at load."""
+
+    def __init__(self, config: ModelConfig, server: FeatureServer):
+        spec = config.features
+        assert spec is not None
+        repo = server.repo
+        where = f"model '{config.name}' config.yaml"
+        service = repo.services.get(spec.service)
+        if service is None:
+            raise ConfigError(
+                where, "features.service", f"'{spec.service}' is not a feature service of the feature repository; known: {sorted(repo.services)}"
+            )
+        self.server = server
+        self.service: FeatureService = service
+        self.model = config.name
+        plan = server.plan(service)
+        self.names = [f"{v}__{f}" for v, f in plan.refs]
+        width = len(self.names)
+
+        # the model tensor the features fill
+        model_inputs = config.model_inputs or config.inputs
+        target = next(t for t in model_inputs if t.name == spec.input)
+        if target.datatype not in _NUMERIC:
+            raise ConfigError(where, "features.input", f"input '{target.name}' is {target.datatype}; it must be a numeric tensor to take features")
+        if len(target.shape) != 1 or target.shape[0] not in (-1, width):
+            raise ConfigError(
+                where, "features.input",
+                f"input '{target.name}' has shape {list(target.shape)} (without the batch dimension) but feature service "
+                f"'{service.name}' has {width} features; the model must take [batch, {width}]",
+            )  # fmt: skip
+        self.dtype = DTYPES[target.datatype]
+        dtypes = _feature_dtypes(repo, plan.refs)
+        for (view, feat), dt in zip(plan.refs, dtypes):
+            if dt == "string":
+                raise ConfigError(
+                    where, "features.service",
+                    f"feature '{view}:{feat}' of service '{service.name}' is a string; a model tensor takes numbers "
+                    "(hash or bucketize it in the view's transform)",
+                )  # fmt: skip
+
+        # what clients send instead of the tensor
+        client: list[TensorSpec] = []
+        seen: dict[str, str] = {}
+
+        def add(name: str, datatype: str, what: str) -> None:
+            if name in seen:
+                if seen[name] != datatype:
+                    raise ConfigError(where, "features.service", f"'{name}' is both {seen[name]} and {datatype} in service '{service.name}'")
+                return
+            seen[name] = datatype
+            client.append(TensorSpec(name, datatype, (1,)))
+            self._sources.append((what, name))
+
+        self._sources: list[tuple[str, str]] = []  # ("key" | "value", name) per client input
+        for view in plan.stored:
+            for key, dtype in plan.keys[view.name]:
+                add(key, "INT64" if dtype == "int64" else "BYTES", "key")
+        for fields in plan.request_fields.values():
+            for fname, dtype in fields:
+                add(fname, _WIRE[dtype], "value")
+        self._model_order: list[int] = []  # per model input: -1 = the features, else a client input index
+        for t in model_inputs:
+            if t.name == target.name:
+                self._model_order.append(-1)
+                continue
+            if t.name in seen:
+                raise ConfigError(where, "inputs", f"model input '{t.name}' has the name of an entity key or request value of service '{service.name}'; rename one")
+            seen[t.name] = t.datatype
+            self._model_order.append(len(client))
+            client.append(t)
+            self._sources.append(("model", t.name))
+        self.client_inputs = tuple(client)
+        self.model_inputs = tuple(model_inputs)
+        self._keys = [(i, n) for i, (what, n) in enumerate(self._sources) if what == "key"]
+        self._values = [(i, n) for i, (what, n) in enumerate(self._sources) if what == "value"]
+        self._ref_views = [v for v, _ in plan.refs]
+        self._view_keys = {v.name: [k for k, _ in plan.keys[v.name]] for v in plan.stored}
+        self._on_demand = {o.name: o for o in plan.on_demand}
+        self.defaults: np.ndarray | None = None
+        if service.on_missing == "default":
+            self.defaults = np.array([service.defaults[f"{v}:{f}"] for v, f in plan.refs], dtype=self.dtype)
+
+    def client_config(self, config: ModelConfig) -> ModelConfig:
+        from dataclasses import replace
+
+        return replace(config, inputs=self.client_inputs, model_inputs=self.model_inputs)
+
+    def runner_config(self, config: ModelConfig) -> ModelConfig:
+        from dataclasses import replace
+
+        return replace(config, inputs=self.model_inputs, model_inputs=())
+
+    def assemble(self, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], "Missing | None", int, int]:
+        """The model's inputs for a batch of client inputs (in `client_inputs` order), the rows
+        to reject (None: none), the number of rows given defaults, and the time taken (ns).
+        Reads the store: call it off the event loop."""
+        t0 = time.perf_counter_ns()
+        entities = {name: inputs[i].reshape(-1) for i, name in self._keys}
+        values = {name: inputs[i].reshape(-1) for i, name in self._values}
+        got = self.server.get_online_features(self.service, entities, values or None)
+        rows = got.rows
+        matrix = np.empty((rows, len(self.names)), dtype=self.dtype)
+        missing: np.ndarray | None = None
+        for j, name in enumerate(self.names):
+            matrix[:, j] = got.values[name]
+            nulls = got.nulls[name]
+            if nulls.any():
+                if missing is None:
+                    missing = np.zeros(rows, dtype=bool)
+                missing |= nulls
+                if self.defaults is not None:
+                    matrix[nulls, j] = self.defaults[j]
+        out = [matrix if i < 0 else inputs[i] for i in self._model_order]
+        reject = None
+        defaulted = 0
+        if missing is not None:
+            if self.defaults is None:
+                reject = Missing(self, got, entities, missing)
+            else:
+                defaulted = int(missing.sum())
+        return out, reject, defaulted, time.perf_counter_ns() - t0
+
+    def describe(self, got, entities: dict, row: int) -> str:
+        for j, name in enumerate(self.names):
+            if not got.nulls[name][row]:
+                continue
+            view = self._ref_views[j]
+            status = Status(int(got.status[name][row])).name
+            if view in self._on_demand:
+                keys = sorted({k for s in self._on_demand[view].sources for k in self._view_keys.get(s, ())})
+                what = f"on-demand feature view '{view}' lacks a stored input ({status})"
+            else:
+                keys = self._view_keys[view]
+                what = (
+                    f"feature view '{view}' has no value for it ({status})"
+                    if status != "PRESENT"
+                    else f"its feature '{view}:{name.split('__', 1)[1]}' is null"
+                )
+            ident = ", ".join(f"{k}={_show(entities[k][row])}" for k in keys)
+            return (
+                f"model '{self.model}': entity {ident}: {what}; feature service '{self.service.name}' rejects "
+                "missing entities (write the entity's features first, or declare on_missing='default' with defaults)"
+            )
+        return f"model '{self.model}': row {row} has a missing feature"
+
+
+class Missing:
+    """The rows of a batch that the service's reject policy refuses."""
+
+    __slots__ = ("stage", "got", "entities", "rows")
+
+    def __init__(self, stage: FeatureStage, got, entities: dict, rows: np.ndarray):
+        self.stage, self.got, self.entities, self.rows = stage, got, entities, rows
+
+    def error(self, start: int, end: int) -> NotFound | None:
+        """The error for the request holding rows [start, end), or None when all of them are complete."""
+        hit = np.flatnonzero(self.rows[start:end])
+        if not len(hit):
+            return None
+        return NotFound(self.stage.describe(self.got, self.entities, start + int(hit[0])))
+
+    def count(self) -> int:
+        return int(self.rows.sum())
+
+
+def _show(v) -> str:
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def _feature_dtypes(repo, refs) -> list[str]:
+    out = []
+    for view, feat in refs:
+        schema = repo.views[view].schema if view in repo.views else repo.on_demand[view].schema
+        out.append(next(f.dtype for f in schema if f.name == feat))
+    return out
+
+
+__all__ = ["FeatureStage", "Missing"]
