@@ -326,3 +326,34 @@ def test_a_feature_model_without_a_feature_repository_is_not_served_and_says_why
         assert index["plain"]["state"] == "READY"
         assert index["features"]["state"] == "UNAVAILABLE"
         assert "--feature-repository" in index["features"]["reason"]
+
+
+def test_plain_json_requests_carry_entity_ids_too(served):
+    server, d, _ = served
+    users, merchants, amounts, hours = entities(d, 3, offset=5)
+    want = training_rows(d, users, merchants, amounts, hours)
+    keep = ~want.isna().any(axis=1).to_numpy()
+    n = int(keep.sum())
+    assert n >= 1
+    body = {
+        "inputs": [
+            {"name": "user_id", "datatype": "INT64", "shape": [n, 1], "data": [int(u) for u in users[keep]]},
+            {"name": "merchant_id", "datatype": "BYTES", "shape": [n, 1], "data": [str(m) for m in merchants[keep]]},
+            {"name": "amount", "datatype": "FP64", "shape": [n, 1], "data": [float(a) for a in amounts[keep]]},
+            {"name": "hour", "datatype": "INT64", "shape": [n, 1], "data": [int(h) for h in hours[keep]]},
+        ]
+    }
+    req = urllib.request.Request(f"http://{server.http_url}/v2/models/features/infer", data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        doc = json.loads(r.read())
+    out = doc["outputs"][0]
+    assert out["name"] == "OUT" and out["shape"] == [n, WIDTH]
+    got = np.array([np.nan if v is None else v for v in out["data"]], dtype=np.float64).reshape(n, WIDTH)
+    np.testing.assert_array_equal(got, want[keep].to_numpy(dtype=np.float64))
+    # an unknown entity over JSON: 404 with the entity named
+    body["inputs"][0]["data"] = [424242] + body["inputs"][0]["data"][1:]
+    req = urllib.request.Request(f"http://{server.http_url}/v2/models/features/infer", data=json.dumps(body).encode(), method="POST")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=10)
+    with info.value:
+        assert info.value.code == 404 and "user_id=424242" in json.loads(info.value.read())["error"]
