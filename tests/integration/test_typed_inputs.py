@@ -75,3 +75,81 @@ def test_typed_inputs_casts_within_a_kind_and_refuses_across():
         typed_inputs("v", {"a": np.array(["x"], dtype=object)}, (Field("a", "float64"),))
     with pytest.raises(InvalidInput, match="needs input 'z'"):
         typed_inputs("v", {}, (Field("z", "int64"),))
+
+
+# ---------------------------------------------------------------- `parity features materialize` refuses bad sources
+
+_MODULE = '''
+import numpy as np
+from parity.features.definitions import Entity, FeatureView, Field, FileSource
+
+user = Entity("user", [Field("user_id", "int64")])
+a_good = FeatureView("a_good", ["user"], FileSource({good!r}), [Field("score", "float64")])
+b_plain = FeatureView("b_plain", ["user"], FileSource({bad!r}), [Field("score", "float64")])
+c_typed = FeatureView(
+    "c_typed", ["user"], FileSource({typed!r}), [Field("half", "float64")],
+    transform=lambda cols: {{"half": cols["count"] / 2.0}}, inputs=[Field("count", "float64")],
+)
+'''
+
+
+def _source(path, **columns) -> str:
+    table = {"user_id": pa.array([1, 2, 3], pa.int64()), "event_timestamp": pa.array([T, T, T], pa.timestamp("us", tz="UTC"))}
+    table.update(columns)
+    pq.write_table(pa.table(table), path)
+    return str(path)
+
+
+BROKEN = [
+    ("bad", "score", {}),  # the plain view's feature column is missing
+    ("bad", "score", {"score": pa.array(["1", "2", "3"], pa.string())}),  # ... or a string, not float64
+    ("typed", "count", {}),  # the transform's input is missing
+    ("typed", "count", {"count": pa.array(["1", "2", "3"], pa.string())}),  # ... or of another kind
+]
+BROKEN_IDS = ["missing-feature", "feature-of-wrong-dtype", "missing-transform-input", "transform-input-of-wrong-kind"]
+
+
+def _materialize_cli(tmp_path, capsys, broken: str, problem: dict, views: list[str]) -> tuple[int, str, dict, FeatureRepository]:
+    """`parity features materialize` (in process) of a repository of three views over three
+    sources, one of them broken; (exit code, stderr, source paths, repository)."""
+    from parity.cli import main
+
+    floats = {"score": pa.array([0.5, 1.5, 2.5], pa.float64())}
+    counts = {"count": pa.array([3, 2, 1], pa.int64())}
+    paths = {
+        "good": _source(tmp_path / "good.parquet", **floats),
+        "bad": _source(tmp_path / "bad.parquet", **(problem if broken == "bad" else floats)),
+        "typed": _source(tmp_path / "typed.parquet", **(problem if broken == "typed" else counts)),
+    }
+    module = tmp_path / "repo.py"
+    module.write_text(_MODULE.format(**paths))
+    argv = ["features", "materialize", "--repo", str(module), "--online-store", f"sqlite:///{tmp_path / 'online.db'}",
+            "--state", str(tmp_path / "marks.json")] + (["--views", *views] if views else [])  # fmt: skip
+    rc = main(argv)
+    return rc, capsys.readouterr().err, paths, FeatureRepository.load(module)
+
+
+def _written_views(tmp_path, repo: FeatureRepository) -> list[str]:
+    with open_online_store(f"sqlite:///{tmp_path / 'online.db'}") as store:
+        now = int(pd.Timestamp(T).value)
+        return [n for n in sorted(repo.views) if (store.read([(repo.views[n], [1, 2, 3])], now)[0].status == 0).any()]
+
+
+@pytest.mark.parametrize("broken, column, problem", BROKEN, ids=BROKEN_IDS)
+def test_materialize_refuses_a_bad_source_naming_file_and_column_and_writes_nothing(tmp_path, capsys, broken, column, problem):
+    view = {"bad": "b_plain", "typed": "c_typed"}[broken]
+    rc, err, paths, repo = _materialize_cli(tmp_path, capsys, broken, problem, [view])
+    assert rc == 2, err
+    assert paths[broken] in err and f": {column}:" in err, err  # "<file> (source of feature view ...): <column>: <problem>"
+    assert "Traceback" not in err
+    assert _written_views(tmp_path, repo) == [] and not (tmp_path / "marks.json").exists()
+
+
+@pytest.mark.parametrize("broken, column, problem", BROKEN[::2], ids=BROKEN_IDS[::2])
+def test_materialize_of_all_views_writes_none_when_one_source_is_refused(tmp_path, capsys, broken, column, problem):
+    """The good view 'a_good' comes first: a run that refuses a later view must not have written it
+    (or saved its watermark) -- a refused run changes nothing."""
+    rc, err, paths, repo = _materialize_cli(tmp_path, capsys, broken, problem, [])
+    assert rc == 2 and paths[broken] in err and f": {column}:" in err, err
+    assert _written_views(tmp_path, repo) == [], f"a refused materialization wrote views; its output:\n{err}"
+    assert not (tmp_path / "marks.json").exists()

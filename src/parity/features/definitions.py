@@ -13,6 +13,7 @@ through `apply_transform`, which checks names, lengths and dtypes the same way o
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import sys
 import warnings
@@ -80,15 +81,47 @@ class Entity:
         return tuple(k.name for k in self.join_keys)
 
 
+_GLOB_CHARS = frozenset("*?[")
+
+
 @dataclass(frozen=True)
 class FileSource:
     """Parquet file(s) (a file, a directory or a glob) with an event timestamp column and,
     optionally, a created timestamp column (ties between equal event times: the row created
-    last wins).  Timestamps are UTC."""
+    last wins).  Timestamps are UTC.
+
+    `push_log`: the directory under which pushed rows are kept (`parity.features.push`), one
+    subdirectory per feature view, read by the offline join and materialization together with
+    `path`.  Default: next to the source -- `data/users.parquet` -> `data/users.push/`, a
+    directory `data/users/` -> `data/users.push/`; a glob has no default (pushing to it needs an
+    explicit `push_log`).  It must not lie inside `path` (its rows would be read twice)."""
 
     path: str
     timestamp_field: str = "event_timestamp"
     created_timestamp_field: str | None = None
+    push_log: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.push_log is not None and not any(c in _GLOB_CHARS for c in str(self.path)):
+            src = os.path.normpath(os.path.abspath(self.path))
+            log = os.path.normpath(os.path.abspath(self.push_log))
+            if log == src or log.startswith(src + os.sep):
+                raise ConfigError(f"source {self.path!r}", "push_log", f"{self.push_log!r} lies inside the source; put it next to it")
+
+    def push_root(self) -> Path | None:
+        """The push log's root directory (None: a glob source without an explicit `push_log`)."""
+        if self.push_log is not None:
+            return Path(self.push_log)
+        path = str(self.path)
+        if any(c in _GLOB_CHARS for c in path):
+            return None
+        p = Path(path.rstrip("/\\") or path)
+        return p.with_suffix(".push") if p.suffix == ".parquet" else p.parent / (p.name + ".push")
+
+    def push_dir(self, view: str) -> Path | None:
+        """The directory of feature view `view`'s pushed rows (None: pushing is not set up)."""
+        root = self.push_root()
+        return None if root is None else root / view
 
 
 @dataclass(frozen=True)
@@ -184,6 +217,22 @@ class FeatureService:
         object.__setattr__(self, "features", tuple(self.features))
         if self.on_missing not in ("reject", "default"):
             raise ConfigError(f"feature service {self.name!r}", "on_missing", "must be 'reject' or 'default'")
+
+
+def _representable(value, dtype: str) -> bool:
+    """Whether `value` is exactly a value of the feature dtype (a default must not change when cast)."""
+    if dtype == "string":
+        return isinstance(value, str)
+    if isinstance(value, str) or value is None:
+        return False
+    if dtype == "bool":
+        return isinstance(value, (bool, np.bool_))
+    try:
+        cast = np.array([value]).astype(DTYPES[dtype])
+    except (TypeError, ValueError, OverflowError):
+        return False
+    with np.errstate(all="ignore"):
+        return bool(cast[0] == value) or (isinstance(value, float) and np.isnan(value) and dtype.startswith("float"))
 
 
 def typed_inputs(name: str, columns: Columns, inputs: tuple[Field, ...]) -> Columns:
@@ -316,9 +365,18 @@ class FeatureRepository:
                     raise ConfigError(where, "features", f"{view}:{feat} is listed twice")
                 seen.add((view, feat))
             if svc.on_missing == "default":
-                missing = [f"{v}:{f}" for v, f in refs if f"{v}:{f}" not in svc.defaults and v in self.views]
+                missing = [f"{v}:{f}" for v, f in refs if f"{v}:{f}" not in svc.defaults]
                 if missing:
                     raise ConfigError(where, "defaults", f"on_missing='default' needs a default for {missing}")
+            listed = {f"{v}:{f}" for v, f in refs}
+            for ref, value in svc.defaults.items():
+                if ref not in listed:
+                    raise ConfigError(where, "defaults", f"{ref!r} is not one of the service's features {sorted(listed)}")
+                view, feat = ref.split(":", 1)
+                schema = self.views[view].schema if view in self.views else self.on_demand[view].schema
+                dtype = next(f.dtype for f in schema if f.name == feat)
+                if not _representable(value, dtype):
+                    raise ConfigError(where, "defaults", f"the default {value!r} of {ref!r} is not a {dtype} value")
 
     def resolve(self, service: FeatureService | str) -> list[tuple[str, str]]:
         """The service's features as (view, feature) pairs, in order (`view:*` expanded)."""

@@ -26,6 +26,11 @@ of ONE source row, the *winner*, chosen like this:
   (duplicated entity rows come back duplicated).  An entity row with a null key or a null
   timestamp gets null features.
 
+Sources: a view's rows are its FileSource's files (in path order) followed by its push log's files
+(`parity.features.push`, in push order), so a training set built after a push sees the pushed rows,
+and the "last in the source" tie rule gives a pushed row precedence over the source and over earlier
+pushes, as the online store does.
+
 Timestamps are UTC, with microsecond precision (finer values are truncated).  Naive timestamps,
 in the entity frame and in the sources, are read as UTC.
 
@@ -208,34 +213,68 @@ def _source_pattern(path: str) -> str:
     return str(p / "**" / "*.parquet") if p.is_dir() else str(path)
 
 
-class SourceRelation:
-    """One feature view's source (shared with materialization, so both read and transform a
-    source with the same code), checked, as a DuckDB relation named `name` with columns
-    keys..., __ev, __cr (event and created time, int64 us UTC), __tb (position in the source:
-    file index * 2**40 + row number, for ties), features...  (the transform already applied)."""
+def push_log_files(view: FeatureView) -> list[str]:
+    """The Parquet files of the view's push log (see `parity.features.push`), in push order (their
+    names sort in the order they were pushed; temporary files start with '.' and are skipped)."""
+    d = view.source.push_dir(view.name)
+    if d is None or not d.is_dir():
+        return []
+    return [str(d / n) for n in sorted(os.listdir(d)) if n.endswith(".parquet") and not n.startswith(".")]
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, repo: FeatureRepository, view: FeatureView, idx: int):
+
+def source_files(con: duckdb.DuckDBPyConnection, view: FeatureView) -> list[str]:
+    """The files of the view's source, in path order (ConfigError when there are none)."""
+    src = view.source
+    where = f"{src.path} (source of feature view {view.name!r})"
+    try:
+        files = [r[0] for r in con.execute("SELECT file FROM glob(?) ORDER BY file", [_source_pattern(src.path)]).fetchall()]
+    except duckdb.Error as e:
+        raise ConfigError(where, "path", f"cannot list the files: {e}") from e
+    if not files:
+        raise ConfigError(where, "path", "matches no Parquet file")
+    return files
+
+
+class SourceRelation:
+    """One feature view's source (shared with materialization and push, so all three read and
+    transform a source with the same code), checked, as a DuckDB relation named `name` with
+    columns keys..., __ev, __cr (event and created time, int64 us UTC), __tb (position in the
+    source: file index * 2**40 + row number, for ties), features...  (the transform already
+    applied).
+
+    The source is its files followed by the view's push log (`push_log_files`: rows pushed
+    since, in push order, so a pushed row wins full ties against the source and against earlier
+    pushes).  `files` replaces both with exactly these files (push runs the transform over the
+    file it is about to add)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, repo: FeatureRepository, view: FeatureView, idx: int, files: list[str] | None = None):
         self.view = view
         self.name = f"__src{idx}"
         self.keys: list[Field] = [k for e in view.entities for k in repo.entities[e].join_keys]
         src = view.source
         where = f"{src.path} (source of feature view {view.name!r})"
-        pattern = _source_pattern(src.path)
-        try:
-            files = [r[0] for r in con.execute("SELECT file FROM glob(?) ORDER BY file", [pattern]).fetchall()]
-        except duckdb.Error as e:
-            raise ConfigError(where, "path", f"cannot list the files: {e}") from e
-        if not files:
-            raise ConfigError(where, "path", "matches no Parquet file")
-        rp = f"read_parquet({_lit(pattern)}, filename=true, file_row_number=true)"
+        if files is None:
+            files = source_files(con, view)
+            pushed = push_log_files(view)
+            if pushed:
+                overlap = set(files) & set(pushed)
+                if overlap:
+                    raise ConfigError(where, "push_log", f"the push log's files {sorted(overlap)[:3]} are also files of the source; move the push log out of it")
+                files = files + pushed
+                listed = "[" + ", ".join(_lit(f) for f in files) + "]"
+                opts = ", union_by_name=true"
+            else:  # exactly the source, read as before
+                listed, opts = _lit(_source_pattern(src.path)), ""
+        else:
+            listed, opts = "[" + ", ".join(_lit(f) for f in files) + "]", ", union_by_name=true"
+        rp = f"read_parquet({listed}, filename=true, file_row_number=true{opts})"
         try:
             schema = dict(
-                con.execute(
-                    f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet({_lit(pattern)}))"
-                ).fetchall()
+                con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet({listed}{opts}))").fetchall()
             )
         except duckdb.Error as e:
             raise ConfigError(where, "path", f"cannot read the Parquet schema: {e}") from e
+        self.schema = schema
 
         def need(col: str, role: str) -> str:
             if col not in schema:
@@ -347,11 +386,18 @@ def get_historical_features(
     *,
     output: str | os.PathLike = "pandas",
     full_feature_names: bool = False,
+    apply_defaults: bool = True,
 ):
     """The point-in-time correct features of every row of `entity_df` (see the module docstring
     for the exact semantics).  Returns a pandas DataFrame (`output="pandas"`), an Arrow table
-    (`"arrow"`) or writes Parquet to `output` (any other string or path) and returns the path."""
+    (`"arrow"`) or writes Parquet to `output` (any other string or path) and returns the path.
+
+    For a feature service declaring `on_missing="default"`, missing values (null) take the
+    service's defaults -- exactly what a feature-joined model is given at serving time -- unless
+    `apply_defaults=False`."""
     refs = _requested(repo, features)
+    service = features if isinstance(features, FeatureService) else repo.services.get(features) if isinstance(features, str) else None
+    defaults = service.defaults if service is not None and service.on_missing == "default" and apply_defaults else {}
     ent = _entity_table(entity_df)
 
     # the views to join: requested ones, and every source view of a requested on-demand view
@@ -405,7 +451,10 @@ def get_historical_features(
             raise InvalidInput(
                 f"output column {name!r} would appear twice; pass full_feature_names=True to name features <view>__<feature>"
             )
-        feature_cols[name] = joined[f"{v}__{f}"]
+        col = joined[f"{v}__{f}"]
+        if defaults and col.null_count:
+            col = col.fill_null(pa.scalar(defaults[f"{v}:{f}"], type=col.type))
+        feature_cols[name] = col
     table = pa.table({**out_cols, **feature_cols})
 
     if output == "arrow":
@@ -488,4 +537,4 @@ def _on_demand(repo: FeatureRepository, odfv: OnDemandFeatureView, joined: dict,
     return result
 
 
-__all__ = ["SourceRelation", "get_historical_features", "quote_ident"]
+__all__ = ["SourceRelation", "get_historical_features", "push_log_files", "quote_ident", "source_files"]

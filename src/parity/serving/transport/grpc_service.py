@@ -8,7 +8,8 @@ objects and encoded back, independent of how HTTP/2 is spoken.
   message without an intermediate copy;
 - `GrpcService`: every method other than the two inference ones, as `handler(request, token)`
   returning a message (or its serialized bytes) and raising `ParityError`s; with
-  `parity.v1.FeatureService/GetOnlineFeatures` (online feature retrieval), served next to it.
+  `parity.v1.FeatureService/GetOnlineFeatures` (online feature retrieval) and `Push` (fresh
+  rows for a feature view, `parity.features.push`), served next to it.
 """
 
 from __future__ import annotations
@@ -313,7 +314,10 @@ class GrpcService:
 
     def feature_methods(self) -> dict[str, tuple[type, Callable]]:
         """The methods of `FEATURE_SERVICE`: method name -> (request message class, handler)."""
-        return {"GetOnlineFeatures": (fpb.GetOnlineFeaturesRequest, self.get_online_features)}
+        return {
+            "GetOnlineFeatures": (fpb.GetOnlineFeaturesRequest, self.get_online_features),
+            "Push": (fpb.PushRequest, self.push),
+        }
 
     def paths(self) -> dict[str, tuple[type, Callable]]:
         """Every method here by its full path ("/service/method") -> (request class, handler)."""
@@ -402,6 +406,39 @@ class GrpcService:
         values = {name: _column(f"request value {name!r}", v, _REQUEST_KINDS) for name, v in request.request_values.items()}
         got = await asyncio.to_thread(features.get_online_features, wanted, entities, values or None)
         return fpb.GetOnlineFeaturesResponse(features=[_feature_vector(got, name) for name in got.names])
+
+    async def push(self, request: fpb.PushRequest, token=None) -> fpb.PushResponse:
+        """The twin of POST /v1/features/push (admin token, as repository load): the rows are
+        transformed, logged offline and written online off the event loop."""
+        from parity.features.push import authorize_push, check_push_request, push
+
+        features = self.core.features
+        if features is None:
+            raise NotFound("this server has no feature repository; start it with --feature-repository FILE")
+        authorize_push(self.core, token)
+        rows = {name: _push_column(request.view, name, col) for name, col in request.columns.items()}
+        check_push_request(request.view, rows)
+        done = await asyncio.to_thread(push, features.repo, features.store, request.view, rows)
+        return fpb.PushResponse(
+            view=done.view, rows=done.rows, entities=done.entities, log_file=done.file.name if done.file is not None else ""
+        )
+
+
+def _push_column(view: str, name: str, msg: fpb.PushColumn) -> list:
+    """A PushColumn -> a list of values (None under a null); timestamp_micros -> datetime64[us]."""
+    which = msg.WhichOneof("values")
+    if which is None:
+        raise InvalidInput(f"push to feature view {view!r}: column {name!r} has no values: set one of int64_values, "
+                           "double_values, string_values, bool_values or timestamp_micros")  # fmt: skip
+    values = list(getattr(msg, which).values)
+    if which == "timestamp_micros":
+        values = [np.datetime64(v, "us") for v in values]
+    nulls = msg.nulls
+    if nulls:
+        if len(nulls) != len(values):
+            raise InvalidInput(f"push to feature view {view!r}: column {name!r} has {len(values)} values but {len(nulls)} nulls")
+        values = [None if n else v for v, n in zip(values, nulls)]
+    return values
 
 
 def _wanted_features(request: fpb.GetOnlineFeaturesRequest, services) -> str | list[str]:

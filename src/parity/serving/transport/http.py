@@ -427,6 +427,12 @@ class HttpConnection(asyncio.Protocol):
                 _INFER_ROUTES[url] = (name, version)
                 self._infer(seq, tail, name, version, body, headers)
                 return
+        if path == b"/v1/features/push":  # routed here: it needs the authorization header
+            if m != "POST":
+                self._not_allowed(seq, tail, m, _POST)
+                return
+            self._features_push(seq, tail, body, headers)
+            return
         route = _STATIC.get(path)
         if route is not None:
             allowed, handler = route
@@ -582,6 +588,40 @@ class HttpConnection(asyncio.Protocol):
                     }
                 )
             self._json(seq, tail, 200, {"features": out}, "POST")
+
+        self.owner.spawn(run())
+
+    def _features_push(self, seq, tail, body: bytes, headers: dict) -> None:
+        """POST /v1/features/push {"view": name, "rows": {column: [values]}} with the admin token
+        -> {"view", "rows", "entities", "log_file"}: the rows transformed, appended to the view's
+        offline push log and written online (`parity.features.push`)."""
+        from parity.features.push import authorize_push, check_push_request, push
+
+        features = self.core.features
+        if features is None:
+            self._error(seq, tail, NotFound("this server has no feature repository; start it with --feature-repository FILE"))
+            return
+        try:
+            authorize_push(self.core, bearer(_latin1(headers.get(b"authorization"))))
+            doc = _parse_object(body, "the push request")
+            view, rows = doc.get("view"), doc.get("rows")
+            check_push_request(view, rows)
+        except ParityError as e:
+            self._error(seq, tail, e)
+            return
+
+        async def run():
+            try:
+                done = await asyncio.to_thread(push, features.repo, features.store, view, rows)
+            except ParityError as e:
+                self._error(seq, tail, e)
+                return
+            except Exception as e:  # noqa: BLE001 - answered, logged, the server goes on
+                log.exception("feature push to %s failed", view)
+                self._error(seq, tail, InternalError(f"internal error: {type(e).__name__}: {e}"))
+                return
+            log_file = done.file.name if done.file is not None else None
+            self._json(seq, tail, 200, {"view": done.view, "rows": done.rows, "entities": done.entities, "log_file": log_file}, "POST")
 
         self.owner.spawn(run())
 

@@ -132,3 +132,46 @@ class GetOnlineFeaturesResponse(_message.Message):
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     features: _containers.RepeatedCompositeFieldContainer[FeatureVector]
     def __init__(self, features: _Optional[_Iterable[_Union[FeatureVector, _Mapping]]] = ...) -> None: ...
+
+class PushColumn(_message.Message):
+    __slots__ = ("int64_values", "double_values", "string_values", "bool_values", "timestamp_micros", "nulls")
+    INT64_VALUES_FIELD_NUMBER: _ClassVar[int]
+    DOUBLE_VALUES_FIELD_NUMBER: _ClassVar[int]
+    STRING_VALUES_FIELD_NUMBER: _ClassVar[int]
+    BOOL_VALUES_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MICROS_FIELD_NUMBER: _ClassVar[int]
+    NULLS_FIELD_NUMBER: _ClassVar[int]
+    int64_values: Int64List
+    double_values: DoubleList
+    string_values: StringList
+    bool_values: BoolList
+    timestamp_micros: Int64List
+    nulls: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, int64_values: _Optional[_Union[Int64List, _Mapping]] = ..., double_values: _Optional[_Union[DoubleList, _Mapping]] = ..., string_values: _Optional[_Union[StringList, _Mapping]] = ..., bool_values: _Optional[_Union[BoolList, _Mapping]] = ..., timestamp_micros: _Optional[_Union[Int64List, _Mapping]] = ..., nulls: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class PushRequest(_message.Message):
+    __slots__ = ("view", "columns")
+    class ColumnsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: PushColumn
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[PushColumn, _Mapping]] = ...) -> None: ...
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    view: str
+    columns: _containers.MessageMap[str, PushColumn]
+    def __init__(self, view: _Optional[str] = ..., columns: _Optional[_Mapping[str, PushColumn]] = ...) -> None: ...
+
+class PushResponse(_message.Message):
+    __slots__ = ("view", "rows", "entities", "log_file")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    LOG_FILE_FIELD_NUMBER: _ClassVar[int]
+    view: str
+    rows: int
+    entities: int
+    log_file: str
+    def __init__(self, view: _Optional[str] = ..., rows: _Optional[int] = ..., entities: _Optional[int] = ..., log_file: _Optional[str] = ...) -> None: ...

@@ -19,6 +19,11 @@ class FeatureServiceStub(object):
                 request_serializer=parity_dot_v1_dot_features__pb2.GetOnlineFeaturesRequest.SerializeToString,
                 response_deserializer=parity_dot_v1_dot_features__pb2.GetOnlineFeaturesResponse.FromString,
                 )
+        self.Push = channel.unary_unary(
+                '/parity.v1.FeatureService/Push',
+                request_serializer=parity_dot_v1_dot_features__pb2.PushRequest.SerializeToString,
+                response_deserializer=parity_dot_v1_dot_features__pb2.PushResponse.FromString,
+                )
 
 
 class FeatureServiceServicer(object):
@@ -31,6 +36,20 @@ class FeatureServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Push(self, request, context):
+        """Fresh SOURCE rows for a feature view (the twin of `POST /v1/features/push`): transformed by
+        the view's transform, appended to the view's offline push log (so training sets built later
+        see them) and written to the online store (an older event does not replace a newer one).
+        Needs the server's admin token in the `authorization` metadata ("Bearer <token>"), as
+        RepositoryModelLoad does: UNAUTHENTICATED without it, PERMISSION_DENIED with a wrong one or
+        when the server has no token.  A bad view, a missing column or values of the wrong kind are
+        INVALID_ARGUMENT naming them; an unreachable online store UNAVAILABLE (the rows are in the
+        offline log: retry the same rows, or materialize).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeatureServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -38,6 +57,11 @@ def add_FeatureServiceServicer_to_server(servicer, server):
                     servicer.GetOnlineFeatures,
                     request_deserializer=parity_dot_v1_dot_features__pb2.GetOnlineFeaturesRequest.FromString,
                     response_serializer=parity_dot_v1_dot_features__pb2.GetOnlineFeaturesResponse.SerializeToString,
+            ),
+            'Push': grpc.unary_unary_rpc_method_handler(
+                    servicer.Push,
+                    request_deserializer=parity_dot_v1_dot_features__pb2.PushRequest.FromString,
+                    response_serializer=parity_dot_v1_dot_features__pb2.PushResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -63,5 +87,22 @@ class FeatureService(object):
         return grpc.experimental.unary_unary(request, target, '/parity.v1.FeatureService/GetOnlineFeatures',
             parity_dot_v1_dot_features__pb2.GetOnlineFeaturesRequest.SerializeToString,
             parity_dot_v1_dot_features__pb2.GetOnlineFeaturesResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Push(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/parity.v1.FeatureService/Push',
+            parity_dot_v1_dot_features__pb2.PushRequest.SerializeToString,
+            parity_dot_v1_dot_features__pb2.PushResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
