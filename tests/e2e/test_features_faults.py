@@ -10,10 +10,13 @@ restarted on the same port (empty): the same server process reads again by itsel
 re-materialized, then the values of before).  A Redis that accepts connections but never answers
 (a bare listening socket): 503 / UNAVAILABLE within the timeout too.
 
+Feature-joined inference (model `fraud`, whose input comes from the fraud_detection service) is
+held to the same: UNAVAILABLE / 503 within a few timeouts while Redis is down, NOT_FOUND naming
+the entity on an empty Redis, answers again once re-materialized.
+
 The checks of each state are the functions `expect_while_redis_is_down(...)` and
-`expect_while_redis_is_up(...)`: a further path through the feature store (feature-joined
-inference, say) adds its model to `write_models` and its expectations there, and every scenario
-here then covers it.
+`expect_while_redis_is_up(...)`: a further path through the feature store adds its model to
+`write_models` and its expectations there, and every scenario here then covers it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import pandas as pd
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from parity._proto.parity.v1 import features_pb2 as fpb
 from parity._proto.parity.v1 import features_pb2_grpc as fpb_grpc
@@ -61,7 +65,10 @@ def write_models(models: Path) -> dict:
     OUTPUT0), whose weights come back for checking answers."""
     weights = write_mlp_onnx(models / "mlp" / "1" / "model.onnx", SIZES)
     write_config(models / "mlp", mlp_config(SIZES, max_batch_size=8))
-    return {"mlp": weights}
+    # feature-joined: the MLP's input filled from the fraud_detection service (13 features)
+    joined = write_mlp_onnx(models / "fraud" / "1" / "model.onnx", [13, 8, 1], seed=3)
+    write_config(models / "fraud", dict(mlp_config([13, 8, 1], max_batch_size=8), features={"service": "fraud_detection"}))
+    return {"mlp": weights, "fraud": joined}
 
 
 def store_url(port: int) -> str:
@@ -182,6 +189,30 @@ def features_grpc(stub: fpb_grpc.FeatureServiceStub, data: dict):
         return e.code(), e.details(), time.monotonic() - t0
 
 
+def infer_joined(clients: Clients, data: dict) -> list:
+    """The feature-joined model called with entity ids over HTTP and gRPC: [(outcome, seconds)]
+    per protocol, the outcome an output array or the InferenceServerException."""
+    out = []
+    for lib, client in ((httpclient, clients.http), (grpcclient, clients.grpc)):
+        inputs = []
+        for name, arr, datatype in (
+            ("user_id", np.asarray(data["users"], dtype=np.int64).reshape(ROWS, 1), "INT64"),
+            ("merchant_id", np.array([m.encode() for m in data["merchants"]], dtype=object).reshape(ROWS, 1), "BYTES"),
+            ("amount", np.asarray(AMOUNTS, dtype=np.float64).reshape(ROWS, 1), "FP64"),
+            ("hour", np.asarray(HOURS, dtype=np.int64).reshape(ROWS, 1), "INT64"),
+        ):
+            t = lib.InferInput(name, [ROWS, 1], datatype)
+            t.set_data_from_numpy(arr)
+            inputs.append(t)
+        t0 = time.monotonic()
+        try:
+            outcome = client.infer("fraud", inputs).as_numpy("OUTPUT0")
+        except InferenceServerException as e:
+            outcome = e
+        out.append((outcome, time.monotonic() - t0))
+    return out
+
+
 def infer_both(clients: Clients, weights: dict, seed: int) -> None:
     """A plain-tensor request to the MLP over HTTP and over gRPC, answered correctly."""
     x = np.random.default_rng(seed).standard_normal((3, SIZES[0])).astype(np.float32)
@@ -221,6 +252,14 @@ def expect_while_redis_is_up(clients: Clients, data: dict, *, materialized: bool
     assert code == grpc.StatusCode.OK, response
     assert [v.name for v in response.features] == [f["name"] for f in doc["features"]]
     infer_both(clients, data["weights"], seed=1)
+    (http_out, _), (grpc_out, _) = infer_joined(clients, data)
+    if statuses == {"PRESENT"}:
+        assert not isinstance(http_out, Exception) and not isinstance(grpc_out, Exception), (http_out, grpc_out)
+        assert http_out.shape == (ROWS, 1) and http_out.tobytes() == grpc_out.tobytes()
+    else:  # an entity without stored features: the service rejects it, naming it
+        assert isinstance(http_out, InferenceServerException) and "404" in str(http_out.status()), http_out
+        assert isinstance(grpc_out, InferenceServerException) and grpc_out.status() == "StatusCode.NOT_FOUND", grpc_out
+        assert "entity " in grpc_out.message() and "feature view" in grpc_out.message()
     return doc
 
 
@@ -240,6 +279,12 @@ def expect_while_redis_is_down(clients: Clients, data: dict, reason: str) -> Non
     assert clients.grpc.is_server_live() and clients.grpc.is_server_ready()
     assert clients.http.is_model_ready("mlp") and clients.grpc.is_model_ready("mlp")
     infer_both(clients, data["weights"], seed=2)
+    # feature-joined inference fails fast, UNAVAILABLE / 503, saying what to do
+    (http_out, http_s), (grpc_out, grpc_s) = infer_joined(clients, data)
+    assert isinstance(http_out, InferenceServerException) and "503" in str(http_out.status()), http_out
+    assert isinstance(grpc_out, InferenceServerException) and grpc_out.status() == "StatusCode.UNAVAILABLE", grpc_out
+    assert http_s < FAIL_FAST_S and grpc_s < FAIL_FAST_S, (http_s, grpc_s, reason)
+    assert "start Redis or fix the online store url" in grpc_out.message(), grpc_out.message()
 
 
 # -- the scenarios ---------------------------------------------------------------------------------------
