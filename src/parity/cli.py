@@ -72,6 +72,33 @@ def _features_materialize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _features_push(args: argparse.Namespace) -> int:
+    import json
+
+    from parity.features.definitions import FeatureRepository
+    from parity.features.online import open_online_store
+    from parity.features.push import check_push_request, push
+
+    repo = FeatureRepository.load(args.repo)
+    path = Path(args.rows)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        rows = {name: table.column(name).to_pylist() for name in table.column_names}
+    else:
+        try:
+            rows = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            print(f"parity features push: cannot read {path}: {e}", file=sys.stderr)
+            return 2
+    check_push_request(args.view, rows)
+    with open_online_store(args.online_store) as store:
+        done = push(repo, store, args.view, rows)
+    print(f"{done.view}: {done.rows:,} rows pushed, {done.entities:,} entities written online" + (f", logged in {done.file}" if done.file else ""))
+    return 0
+
+
 def _features_get(args: argparse.Namespace) -> int:
     import json
 
@@ -160,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--incremental", action="store_true", help="continue from each view's watermark (the end of its last run)")
     m.add_argument("--state", help="watermark file (default: next to the repository module)")
     m.set_defaults(func=_features_materialize)
+    p = fsub.add_parser("push", help="push fresh source rows to a feature view: transformed, logged for training, written online")
+    p.add_argument("--repo", required=True, help="the feature repository module")
+    p.add_argument("--online-store", default="sqlite://", help="sqlite:///PATH (default: ./parity_online.db) or redis://HOST:PORT/DB?prefix=P")
+    p.add_argument("--view", required=True, help="the feature view")
+    p.add_argument("--rows", required=True, help='a JSON file {"column": [values, ...]} or a Parquet file of source rows')
+    p.set_defaults(func=_features_push)
     g = fsub.add_parser("get", help="read online features for entities, as JSON")
     g.add_argument("--repo", required=True)
     g.add_argument("--online-store", default="sqlite://")
@@ -167,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--entity", action="append", required=True, metavar="KEY=VALUE", help="a join key value (repeat for more rows)")
     g.add_argument("--value", action="append", metavar="FIELD=NUMBER", help="a request value for on-demand views")
     g.set_defaults(func=_features_get)
+    from parity.data.cli import add_commands as _add_data_commands
+    from parity.tracking.cli import add_commands as _add_runs_commands
+
+    _add_data_commands(sub)
+    _add_runs_commands(sub)
+    from parity.registry.cli import add_commands as add_registry_commands
+
+    add_registry_commands(sub)
     d = sub.add_parser("demo", help="export a model, serve it, query it over gRPC and HTTP, print the metrics, stop")
     d.set_defaults(func=_demo)
     return parser
