@@ -31,6 +31,10 @@ def _serve(args: argparse.Namespace) -> int:
         "tls_key_file": args.tls_key,
         "feature_repository": args.feature_repository,
         "online_store": args.online_store,
+        "routes": args.routes,
+        "registry_db": args.db,
+        "registry_artifacts": args.artifacts,
+        "registry_poll_secs": args.registry_poll_secs,
     }
     try:
         config = load_server_config(args.config, overrides)
@@ -174,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-key", help="PEM private key of --tls-cert")
     s.add_argument("--feature-repository", help="a feature repository module: serves POST /v1/features/online")
     s.add_argument("--online-store", help="sqlite:///PATH (default ./parity_online.db) or redis://HOST:PORT/DB?prefix=P")
+    s.add_argument("--routes", help="serve from the model registry: a directory of routing files, one YAML per endpoint (docs/routing.md)")
+    s.add_argument("--db", help="the registry's database (default: $PARITY_DB or sqlite:///.parity/metadata.db)")
+    s.add_argument("--artifacts", help="the registry's artifact store (default: $PARITY_ARTIFACTS or .parity/artifacts)")
+    s.add_argument("--registry-poll-secs", type=float, help="how often aliases and routing files are checked (default 2)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=_serve)
     f = sub.add_parser("features", help="the feature store: materialize views, read online features")

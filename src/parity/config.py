@@ -373,6 +373,13 @@ class ServerConfig:
     # the feature store: a feature repository module and the online store's URL
     feature_repository: str = ""
     online_store: str = "sqlite://"
+    # serving from the model registry: a directory of routing files (one YAML per endpoint), the
+    # registry's database and artifact store (defaults: parity.home), how often aliases and
+    # routing files are checked, and where fetched versions are kept (the model repository)
+    routes: str = ""
+    registry_db: str = ""
+    registry_artifacts: str = ""
+    registry_poll_secs: float = 2.0
     server_name: str = "parity"
     log_level: str = "info"
 
@@ -385,6 +392,7 @@ _SERVER_FIELDS = {
     "grpc_transport": str, "server_name": str, "log_level": str,
     "grpc_max_concurrent_streams": int, "grpc_max_header_list_bytes": int,
     "tls_cert_file": str, "tls_key_file": str, "feature_repository": str, "online_store": str,
+    "routes": str, "registry_db": str, "registry_artifacts": str, "registry_poll_secs": (int, float),
 }  # fmt: skip
 
 
@@ -401,8 +409,18 @@ def load_server_config(path: Path | None, overrides: dict[str, Any]) -> ServerCo
                 values[key] = v
         f.finish()
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if values.get("routes"):
+        # serving from the registry: the model repository is the cache of fetched versions,
+        # loaded and unloaded by the router (never polled)
+        from parity.home import home
+
+        values.setdefault("model_repository", str(home() / "serving-cache"))
+        Path(values["model_repository"]).mkdir(parents=True, exist_ok=True)
+        values["model_control_mode"] = "explicit"
+        if not Path(values["routes"]).is_dir():
+            raise ConfigError(source, "routes", f"{values['routes']} is not a directory of routing files (one YAML per endpoint)")
     if "model_repository" not in values:
-        raise ConfigError(source, "model_repository", "is required (--model-repository DIR)")
+        raise ConfigError(source, "model_repository", "is required (--model-repository DIR, or --routes DIR to serve from the registry)")
     values["model_repository"] = Path(values["model_repository"])
     cfg = ServerConfig(**values)
     for port_field in ("http_port", "grpc_port"):
@@ -430,4 +448,6 @@ def load_server_config(path: Path | None, overrides: dict[str, Any]) -> ServerCo
             raise ConfigError(source, secs, "must be > 0 seconds")
     if cfg.max_body_bytes < 1024:
         raise ConfigError(source, "max_body_bytes", "must be at least 1024")
+    if cfg.registry_poll_secs <= 0:
+        raise ConfigError(source, "registry_poll_secs", "must be > 0 seconds")
     return cfg

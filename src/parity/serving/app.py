@@ -71,9 +71,12 @@ class Server:
         if not shared_ports:
             for t in self.transports:
                 await t.start()
-        failures = await self.repository.load_all()
-        for f in failures:
-            log.error("not serving %s", f)
+        if cfg.routes:
+            await self._start_router()
+        else:
+            failures = await self.repository.load_all()
+            for f in failures:
+                log.error("not serving %s", f)
         self.core.started = True
         # Everything loaded so far lives as long as the server: keep it out of the collector's
         # scans, and collect young objects less often (fewer pauses on the request path).
@@ -88,6 +91,23 @@ class Server:
         self._setup_worker_metrics()
         ports = ", ".join(f"{t.name} on {cfg.host}:{t.port}" for t in self.transports)
         log.info("serving %d model(s): %s%s", len(self.repository.models), ports, "" if self.core.ready else " (NOT ready: see errors above)")
+
+    async def _start_router(self) -> None:
+        """Serve from the registry: endpoints from the routing files, versions fetched into the
+        model repository (the serving cache) and swapped as aliases move."""
+        from parity.home import default_artifact_root, default_db_url
+        from parity.registry import Registry
+        from parity.serving.router import Router
+
+        cfg = self.config
+        def open_registry():
+            return Registry.open(cfg.registry_db or default_db_url(), cfg.registry_artifacts or default_artifact_root())
+
+        router = Router(self.repository, Path(cfg.routes), open_registry, cfg.model_repository, poll_secs=cfg.registry_poll_secs)
+        self.core.router = router
+        self.core.extra_metrics.append(router.families)
+        await router.start()
+        self._router = router
 
     async def _poll_forever(self) -> None:
         while True:
@@ -149,6 +169,8 @@ class Server:
             t.cancel()
         grace = self.config.drain_timeout_secs
         await asyncio.gather(*(t.stop(grace) for t in self.transports))
+        if getattr(self, "_router", None) is not None:
+            await self._router.stop()
         await self.repository.close()
         log.info("stopped")
 

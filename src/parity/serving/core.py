@@ -126,6 +126,7 @@ class InferenceCore:
         self.extra_metrics: list = []  # callables returning Families (other workers, later issues)
         self.extra_stats: list = []  # callables returning statistics dicts of other workers
         self.features = None  # a parity.features.retrieval.FeatureServer when a feature repository is served
+        self.router = None  # a parity.serving.router.Router when serving from the registry (--routes)
 
     @staticmethod
     def _build_plan(version: Version) -> None:
@@ -144,8 +145,13 @@ class InferenceCore:
             if self.draining:
                 raise Unavailable("server is shutting down; retry on another replica")
             raise Unavailable("server is starting: models are loading; retry when /v2/health/ready answers 200")
+        shadows = None
         try:
-            version = self.repository.lookup(req.model_name, req.model_version)
+            routed = None if self.router is None else self.router.lookup(req.model_name, req.model_version, req)
+            if routed is None:
+                version = self.repository.lookup(req.model_name, req.model_version)
+            else:
+                version, shadows = routed
         except ParityError as e:
             self.server_failures[e.reason if e.reason in self.server_failures else "not_found"] += 1
             raise
@@ -163,6 +169,8 @@ class InferenceCore:
             raise
         if callback is not None:
             fut.context = (plan, t0)
+        if shadows:
+            self.router.mirror(req, version, shadows, fut)
         return fut, plan, t0
 
     def finish(self, req: InferRequest, plan: Plan, t0: int, outputs: dict) -> InferResponse:
@@ -202,7 +210,7 @@ class InferenceCore:
 
     @property
     def ready(self) -> bool:
-        return self.started and not self.draining and self.repository.ready
+        return self.started and not self.draining and self.repository.ready and (self.router is None or self.router.ready)
 
     def server_metadata(self) -> dict:
         return {"name": self.config.server_name, "version": __version__, "extensions": list(EXTENSIONS)}
@@ -262,11 +270,21 @@ class InferenceCore:
 
     # -- administration --------------------------------------------------------------------------
 
+    def metadata_db(self):
+        """The metadata database (runs, registry) named by the config, opened on first use."""
+        db = getattr(self, "_metadata_db", None)
+        if db is None:
+            from parity.home import default_db_url
+            from parity.sql import Database
+
+            db = self._metadata_db = Database.open(self.config.registry_db or default_db_url())
+        return db
+
     def authorize_admin(self, token: str | None) -> None:
         expected = self.config.admin_token
         if not expected:
             raise PermissionDenied(
-                "repository load/unload is switched off: start the server with --admin-token "
+                "admin endpoints (repository load/unload, routing reload, feature push) are switched off: start the server with --admin-token "
                 "(or PARITY_ADMIN_TOKEN) and send it as 'authorization: Bearer <token>'"
             )
         if not token:

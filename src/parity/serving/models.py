@@ -98,10 +98,15 @@ class Repository:
             raise ConfigError(str(self.root), "model_repository", "is not a directory")
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and valid_name(p.name))
 
-    def _read_config(self, name: str) -> ModelConfig:
+    def _read_config(self, name: str, number: int | None = None) -> ModelConfig:
+        """The model's config; with `number`, that version's own `config.<number>.yaml` when there
+        is one (the router writes one per registry version: versions may differ in signature)."""
         mdir = self.root / name
         cfg_path = mdir / "config.yaml"
         versions = self._version_dirs(mdir)
+        if number is not None:
+            cfg_path = mdir / f"config.{number}.yaml"
+            versions = [number]
         data = load_yaml(cfg_path) if cfg_path.exists() else None
         data = dict(data) if isinstance(data, dict) else ({} if data is None else data)
         auto = False
@@ -177,8 +182,23 @@ class Repository:
             errors = []
             for number in wanted:
                 old = model.versions.get(number)
+                vconfig, vstage, vhash = config, stage, config_hash
+                own = mdir / f"config.{number}.yaml"
+                if own.exists():  # this version's own config (serving from the registry)
+                    try:
+                        vconfig = self._read_config(name, number)
+                        vstage = self._feature_stage(vconfig, str(own))
+                        if vstage is not None:
+                            vconfig = vstage.client_config(vconfig)
+                    except ParityError as e:
+                        model.states[number] = ("UNAVAILABLE", e.message)
+                        errors.append(f"version {number}: {e.message}")
+                        if old is not None:
+                            new_versions[number] = old
+                        continue
+                    vhash = hashlib.sha256(own.read_bytes()).hexdigest()
                 try:
-                    fp = self._fingerprint(name, config_hash, config, number)
+                    fp = self._fingerprint(name, vhash, vconfig, number)
                 except OSError:
                     model.states[number] = ("UNAVAILABLE", f"{config.model_filename} missing in version {number}")
                     errors.append(model.states[number][1])
@@ -190,7 +210,7 @@ class Repository:
                     continue
                 model.states[number] = ("LOADING", "")
                 try:
-                    new_versions[number] = await self._load_version(name, number, config, fp, stage)
+                    new_versions[number] = await self._load_version(name, number, vconfig, fp, vstage)
                     model.states[number] = ("READY", "")
                     self._event(name, str(number), "success")
                 except ParityError as e:
@@ -206,7 +226,7 @@ class Repository:
                     new_versions.setdefault(n, v)
             retired = [v for n, v in model.versions.items() if new_versions.get(n) is not v]
             # The swap: plain assignments, no await between them, so a request sees old or new.
-            model.config = config
+            model.config = new_versions[max(new_versions)].config if new_versions else config
             model.versions = new_versions
             model.default = new_versions[max(new_versions)] if new_versions else None
             model.error = "; ".join(errors) if not new_versions else ""

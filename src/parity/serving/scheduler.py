@@ -85,6 +85,18 @@ class Ticket:
         self._exc = exc
         self._fire()
 
+    def add_done_callback(self, fn: Callable[["Ticket"], None]) -> None:
+        """Also call `fn(ticket)` when the request is answered (after the transport's callback)."""
+        first = self._callback
+
+        def both(ticket: "Ticket") -> None:
+            try:
+                first(ticket)
+            finally:
+                fn(ticket)
+
+        self._callback = both
+
     def cancel(self) -> bool:
         """The client went away: the request leaves its queue; the callback sees CancelledError."""
         if self._done:

@@ -427,6 +427,9 @@ class HttpConnection(asyncio.Protocol):
                 _INFER_ROUTES[url] = (name, version)
                 self._infer(seq, tail, name, version, body, headers)
                 return
+        if path.startswith((b"/v1/routes", b"/v1/runs")):
+            self._v1_admin(seq, tail, m, path, url[q + 1 :] if q >= 0 else b"", body, headers)
+            return
         if path == b"/v1/features/push":  # routed here: it needs the authorization header
             if m != "POST":
                 self._not_allowed(seq, tail, m, _POST)
@@ -624,6 +627,67 @@ class HttpConnection(asyncio.Protocol):
             self._json(seq, tail, 200, {"view": done.view, "rows": done.rows, "entities": done.entities, "log_file": log_file}, "POST")
 
         self.owner.spawn(run())
+
+    def _v1_admin(self, seq, tail, method: str, path: bytes, query: bytes, body: bytes, headers: dict) -> None:
+        """GET /v1/routes (the routing in force, traffic shares, canary states, errors);
+        POST /v1/routes/reload (admin token): re-read the routing files and re-resolve the
+        registry's aliases now; GET /v1/runs[/{id}|/compare?ids=a,b]: experiment runs as JSON."""
+        core = self.core
+        if path.startswith(b"/v1/runs"):
+            if method not in ("GET", "HEAD"):
+                self._not_allowed(seq, tail, method, _GET)
+                return
+            from parity.tracking.http import route as runs_route
+
+            async def runs():
+                try:
+                    doc = await asyncio.to_thread(runs_route, core.metadata_db(), path.decode("utf-8", "replace"), query.decode("latin-1"))
+                except ParityError as e:
+                    self._error(seq, tail, e, method)
+                    return
+                except Exception as e:  # noqa: BLE001 - answered, logged
+                    log.exception("GET %s failed", path)
+                    self._error(seq, tail, InternalError(f"internal error: {type(e).__name__}: {e}"), method)
+                    return
+                self._json(seq, tail, 200, doc, method)
+
+            self.owner.spawn(runs())
+            return
+        router = core.router
+        if router is None:
+            self._error(seq, tail, NotFound("this server does not serve from the registry; start it with --routes DIR"), method)
+            return
+        if path == b"/v1/routes":
+            if method not in ("GET", "HEAD"):
+                self._not_allowed(seq, tail, method, _GET)
+                return
+            self._json(seq, tail, 200, router.describe(), method)
+            return
+        if path != b"/v1/routes/reload":
+            self._error(seq, tail, NotFound(f"no such path {path.decode('utf-8', 'replace')}: use GET /v1/routes or POST /v1/routes/reload"), method)
+            return
+        if method != "POST":
+            self._not_allowed(seq, tail, method, _POST)
+            return
+        try:
+            core.authorize_admin(bearer(_latin1(headers.get(b"authorization"))))
+        except ParityError as e:
+            self._error(seq, tail, e)
+            return
+
+        async def reload():
+            try:
+                doc = await router.reload(reason="admin: POST /v1/routes/reload")
+            except ParityError as e:
+                self._error(seq, tail, e)
+                return
+            except Exception as e:  # noqa: BLE001
+                log.exception("routing reload failed")
+                self._error(seq, tail, InternalError(f"internal error: {type(e).__name__}: {e}"))
+                return
+            self._json(seq, tail, 200, doc, "POST")
+
+        self.owner.spawn(reload())
 
     def _h_live(self, seq, tail, method, body) -> None:
         self._empty(seq, tail, 200 if self.core.live else 503, method)
