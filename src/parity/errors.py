@@ -91,6 +91,14 @@ class PayloadTooLarge(InvalidInput):
     """A message or body larger than the configured limit (answered like any other bad input)."""
 
 
+class Conflict(ParityError):
+    """A write based on a state that changed meanwhile (compare-and-set lost)."""
+
+    grpc_code = GrpcCode.ABORTED
+    http_status = 409
+    reason = "conflict"
+
+
 class Unimplemented(ParityError):
     grpc_code = GrpcCode.UNIMPLEMENTED
     http_status = 501

@@ -116,3 +116,26 @@ def test_first_champion_already_champion_and_missing_inputs(reg, onnx_file, hold
     with pytest.raises(NotFound, match="has no version 7"):
         promote_if_passes(reg, name, 7, config=GateConfig(), y_true=holdout["y"], challenger_outputs=holdout["strong"])
     assert len(reg.history(name)) == n and reg.resolve(f"{name}@champion").version == 1
+
+
+def test_a_promotion_never_replaces_a_champion_it_was_not_compared_with(tmp_path):
+    """The alias move is a compare-and-set against the champion the gate read."""
+    from parity.errors import Conflict
+    from parity.registry import Registry
+    from parity.testing.models import write_mlp_onnx
+
+    with Registry.open(f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "a") as reg:
+        for seed in (1, 2, 3):
+            path = tmp_path / f"m{seed}.onnx"
+            write_mlp_onnx(path, [2, 2, 1], seed=seed)
+            reg.register("cas", {"model.onnx": path}, actor="t")
+        reg.set_alias("cas", "champion", 1, actor="t", reason="first")
+        # someone moved the champion to 2 after a gate compared against 1
+        reg.set_alias("cas", "champion", 2, actor="t", reason="meanwhile")
+        with pytest.raises(Conflict, match="points at version 2, not version 1"):
+            reg.set_alias("cas", "champion", 3, actor="gate", reason="won against 1", action="promote", expect=1)
+        assert reg.resolve("cas@champion").version == 2
+        with pytest.raises(Conflict, match="not nothing"):
+            reg.set_alias("cas", "champion", 3, actor="gate", reason="first ever", expect=0)
+        assert reg.set_alias("cas", "champion", 3, actor="gate", reason="won against 2", action="promote", expect=2).version == 3
+        assert [h.action for h in reg.history("cas")][-1] == "promote"

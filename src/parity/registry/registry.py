@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from parity import home
-from parity.errors import InvalidInput, NotFound
+from parity.errors import Conflict, InvalidInput, NotFound
 from parity.registry.artifacts import ArtifactStore, ChecksumMismatch, inspect_artifact, remove_tree, safe_child, sha256_file
 from parity.registry.names import (
     Ref,
@@ -424,10 +424,15 @@ class Registry:
         evidence: Mapping | None = None,
         *,
         action: str | None = None,
+        expect: int | None = None,
     ) -> ModelVersion:
         """Point `name@alias` at a version, atomically, and record it ("alias.set" for a new alias,
         "alias.move" for a moved one, or `action`, e.g. "promote" or "rollback").  Setting an alias to
-        the version it already points at changes nothing and records nothing."""
+        the version it already points at changes nothing and records nothing.
+
+        `expect` makes it a compare-and-set: the alias must point at version `expect` (0: must not
+        exist yet) or nothing changes and `Conflict` is raised -- what a promotion decided against
+        one champion uses, so it never replaces a champion it was not compared with."""
         check_model_name(name)
         check_alias(alias, settable=True)
         number = check_version(version)
@@ -447,6 +452,13 @@ class Registry:
                 (model_id, alias),
             )
             now = _now()
+            if expect is not None and (row[1] if row is not None else 0) != int(expect):
+                current = f"version {row[1]}" if row is not None else "nothing"
+                want = f"version {expect}" if expect else "nothing"
+                raise Conflict(
+                    f"{name}@{alias} points at {current}, not {want} as expected: it moved meanwhile; "
+                    "decide again against the current version"
+                )
             if row is None:
                 tx.execute(
                     "INSERT INTO registry_aliases (model_id, alias, version_id, updated_at, updated_by) VALUES (?, ?, ?, ?, ?)",

@@ -838,7 +838,7 @@ def promote_if_passes(
         registry.set_alias(
             name, champion_alias, challenger_version, actor=actor,
             reason=reason or f"passed the promotion gate ({cfg.metric}, {evidence['test']})",
-            evidence=evidence, action="promote",
+            evidence=evidence, action="promote", expect=0 if champion is None else champion.version,
         )  # fmt: skip
     else:
         registry.record(
