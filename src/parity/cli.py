@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     from parity.training.cli import add_commands as add_gate_commands
 
     add_gate_commands(sub)
+    from parity.training.train_cli import add_commands as add_train_commands
+
+    add_train_commands(sub)
     d = sub.add_parser("demo", help="export a model, serve it, query it over gRPC and HTTP, print the metrics, stop")
     d.set_defaults(func=_demo)
     return parser

@@ -141,7 +141,7 @@ class Lineage:
 
         def git(*args: str) -> str | None:
             try:
-                r = subprocess.run(["git", "-C", str(path), *args], capture_output=True, timeout=30)
+                r = subprocess.run(["git", "-C", str(path), *args], capture_output=True, timeout=30, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
             except (OSError, subprocess.TimeoutExpired):
                 return None
             return r.stdout.decode("utf-8", "replace") if r.returncode == 0 else None
