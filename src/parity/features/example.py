@@ -113,7 +113,8 @@ def transactions_table(seed: int = 0, n_users: int = 200, n_merchants: int = 40,
             "event_timestamp": _ts(event),
             "amount": pa.array(amount, pa.float64()),
             "hour": pa.array(hour, pa.int64()),
-            "is_fraud": pa.array(rng.random(n) < 0.02 + 0.1 * (amount > 200), pa.bool_()),
+            # fraud is likelier for large amounts and at night: a signal the on-demand features carry
+            "is_fraud": pa.array(rng.random(n) < 1.0 / (1.0 + np.exp(3.2 - 1.8 * (np.log(amount) - 3.5) - 1.5 * (hour < 6))), pa.bool_()),
         }
     )
 
