@@ -31,6 +31,8 @@ def _serve(args: argparse.Namespace) -> int:
         "tls_key_file": args.tls_key,
         "feature_repository": args.feature_repository,
         "online_store": args.online_store,
+        "feature_log_dir": args.feature_log,
+        "feature_log_sample_rate": args.feature_log_sample_rate,
         "routes": args.routes,
         "registry_db": args.db,
         "registry_artifacts": args.artifacts,
@@ -101,6 +103,33 @@ def _features_push(args: argparse.Namespace) -> int:
         done = push(repo, store, args.view, rows)
     print(f"{done.view}: {done.rows:,} rows pushed, {done.entities:,} entities written online" + (f", logged in {done.file}" if done.file else ""))
     return 0
+
+
+def _features_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from parity.features.definitions import FeatureRepository
+    from parity.features.skew import verify
+
+    repo = FeatureRepository.load(args.repo)
+    services = [args.service] if args.service else sorted(p.name for p in Path(args.log).iterdir() if p.is_dir()) if Path(args.log).is_dir() else []
+    if not services:
+        print(f"parity features verify: no served-feature log under {args.log}; serve with --feature-log {args.log}", file=sys.stderr)
+        return 2
+    worst = 0.0
+    reports = []
+    for service in services:
+        r = verify(repo, args.log, service)
+        reports.append(r.to_dict())
+        worst = max(worst, r.mismatch_rate)
+        if not args.json:
+            print(f"{service}: {r.rows:,} served rows checked, {r.mismatched_rows:,} differ from the training path ({100 * r.mismatch_rate:.2f}%)")
+            for name, f in r.features.items():
+                if f["mismatches"]:
+                    print(f"  {name}: {f['mismatches']:,} ({100 * f['rate']:.2f}%), e.g. {f['examples'][0]}")
+    if args.json:
+        print(json.dumps(reports, indent=1, default=str))
+    return 0 if worst <= args.max_mismatch_rate else 1
 
 
 def _features_get(args: argparse.Namespace) -> int:
@@ -178,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-key", help="PEM private key of --tls-cert")
     s.add_argument("--feature-repository", help="a feature repository module: serves POST /v1/features/online")
     s.add_argument("--online-store", help="sqlite:///PATH (default ./parity_online.db) or redis://HOST:PORT/DB?prefix=P")
+    s.add_argument("--feature-log", help="skew monitor: log a sample of the feature vectors feature-joined models are given under this directory")
+    s.add_argument("--feature-log-sample-rate", type=float, help="the share of rows logged (default 0.01)")
     s.add_argument("--routes", help="serve from the model registry: a directory of routing files, one YAML per endpoint (docs/routing.md)")
     s.add_argument("--db", help="the registry's database (default: $PARITY_DB or sqlite:///.parity/metadata.db)")
     s.add_argument("--artifacts", help="the registry's artifact store (default: $PARITY_ARTIFACTS or .parity/artifacts)")
@@ -201,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--view", required=True, help="the feature view")
     p.add_argument("--rows", required=True, help='a JSON file {"column": [values, ...]} or a Parquet file of source rows')
     p.set_defaults(func=_features_push)
+    v = fsub.add_parser("verify", help="skew check: recompute logged served feature vectors through the training path and compare")
+    v.add_argument("--repo", required=True, help="the feature repository module (the training side)")
+    v.add_argument("--log", required=True, help="the served-feature log directory (parity serve --feature-log DIR)")
+    v.add_argument("--service", help="only this feature service (default: every service in the log)")
+    v.add_argument("--max-mismatch-rate", type=float, default=0.0, help="exit 1 when a service's mismatch rate is above this (default 0)")
+    v.add_argument("--json", action="store_true", help="print the reports as JSON")
+    v.set_defaults(func=_features_verify)
     g = fsub.add_parser("get", help="read online features for entities, as JSON")
     g.add_argument("--repo", required=True)
     g.add_argument("--online-store", default="sqlite://")

@@ -373,6 +373,10 @@ class ServerConfig:
     # the feature store: a feature repository module and the online store's URL
     feature_repository: str = ""
     online_store: str = "sqlite://"
+    # the skew monitor: a sample of the feature vectors feature-joined models were given, logged
+    # as Parquet under this directory for `parity features verify` ("" = off)
+    feature_log_dir: str = ""
+    feature_log_sample_rate: float = 0.01
     # serving from the model registry: a directory of routing files (one YAML per endpoint), the
     # registry's database and artifact store (defaults: parity.home), how often aliases and
     # routing files are checked, and where fetched versions are kept (the model repository)
@@ -392,7 +396,7 @@ _SERVER_FIELDS = {
     "grpc_transport": str, "server_name": str, "log_level": str,
     "grpc_max_concurrent_streams": int, "grpc_max_header_list_bytes": int,
     "tls_cert_file": str, "tls_key_file": str, "feature_repository": str, "online_store": str,
-    "routes": str, "registry_db": str, "registry_artifacts": str, "registry_poll_secs": (int, float),
+    "feature_log_dir": str, "feature_log_sample_rate": (int, float), "routes": str, "registry_db": str, "registry_artifacts": str, "registry_poll_secs": (int, float),
 }  # fmt: skip
 
 
@@ -448,6 +452,8 @@ def load_server_config(path: Path | None, overrides: dict[str, Any]) -> ServerCo
             raise ConfigError(source, secs, "must be > 0 seconds")
     if cfg.max_body_bytes < 1024:
         raise ConfigError(source, "max_body_bytes", "must be at least 1024")
+    if not 0 <= cfg.feature_log_sample_rate <= 1:
+        raise ConfigError(source, "feature_log_sample_rate", "must be within [0, 1]")
     if cfg.registry_poll_secs <= 0:
         raise ConfigError(source, "registry_poll_secs", "must be > 0 seconds")
     return cfg

@@ -66,6 +66,10 @@ class Server:
         # connections over every listener, and none should land on a worker that cannot serve yet.
         if cfg.feature_repository:
             self.core.features = self.repository.features = open_feature_server(cfg)
+            if cfg.feature_log_dir:
+                from parity.features.skew import ServedFeatureLog
+
+                self.repository.feature_log = ServedFeatureLog(cfg.feature_log_dir, cfg.feature_log_sample_rate)
         self.transports = make_transports(self.core, cfg)
         shared_ports = os.environ.get(WORKER_ENV) is not None
         if not shared_ports:
@@ -172,6 +176,8 @@ class Server:
         if getattr(self, "_router", None) is not None:
             await self._router.stop()
         await self.repository.close()
+        if self.repository.feature_log is not None:
+            self.repository.feature_log.close()  # the last samples to disk
         log.info("stopped")
 
 

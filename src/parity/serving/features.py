@@ -123,6 +123,7 @@ class FeatureStage:
         self._ref_views = [v for v, _ in plan.refs]
         self._view_keys = {v.name: [k for k, _ in plan.keys[v.name]] for v in plan.stored}
         self._on_demand = {o.name: o for o in plan.on_demand}
+        self.log = None  # a parity.features.skew.ServedFeatureLog: samples of what was served
         self.defaults: np.ndarray | None = None
         if service.on_missing == "default":
             self.defaults = np.array([service.defaults[f"{v}:{f}"] for v, f in plan.refs], dtype=self.dtype)
@@ -144,7 +145,10 @@ class FeatureStage:
         t0 = time.perf_counter_ns()
         entities = {name: inputs[i].reshape(-1) for i, name in self._keys}
         values = {name: inputs[i].reshape(-1) for i, name in self._values}
-        got = self.server.get_online_features(self.service, entities, values or None)
+        now_ns = time.time_ns()
+        got = self.server.get_online_features(self.service, entities, values or None, now_ns)
+        if self.log is not None:
+            self.log.record(self.service.name, entities, values, got, now_ns)
         rows = got.rows
         matrix = np.empty((rows, len(self.names)), dtype=self.dtype)
         missing: np.ndarray | None = None

@@ -68,6 +68,7 @@ class Repository:
         self.load_events: dict[tuple[str, str, str], int] = {}
         self._on_load = on_load  # callback(version) to build per-version plans
         self.features = None  # the server's FeatureServer, for models whose config names a feature service
+        self.feature_log = None  # a ServedFeatureLog sampling what feature-joined models were given
         self._retiring: set[asyncio.Task] = set()
 
     # -- lookup (request path) ------------------------------------------------------------------
@@ -250,7 +251,9 @@ class Repository:
             )  # fmt: skip
         from parity.serving.features import FeatureStage
 
-        return FeatureStage(config, self.features)
+        stage = FeatureStage(config, self.features)
+        stage.log = self.feature_log
+        return stage
 
     async def _load_version(self, name: str, number: int, config: ModelConfig, fp: tuple, stage=None) -> Version:
         path = self.root / name / str(number) / config.model_filename
