@@ -6,6 +6,9 @@
 #   bash bench/setup.sh            # installs what is missing, prints the LD_LIBRARY_PATH to use
 #   bash bench/setup.sh --peer     # also the benchmark peer (PyTriton) and locust
 #   eval "$(bash bench/setup.sh --print-env)"   # only prints 'export LD_LIBRARY_PATH=...'
+#   bash bench/setup.sh --feast    # only the Feast peer of bench/features.py: a separate virtualenv
+#                                  # .venv-feast (or $FEAST_VENV) with feast[redis]==0.67.0; nothing
+#                                  # else is touched (Feast's pins clash with the project's .venv)
 #
 # What perf_analyzer needs:
 #   libb64.so.0d     Debian package libb64-0d (installed with apt-get only when missing)
@@ -17,11 +20,13 @@ set -euo pipefail
 
 PEER=0
 PRINT_ENV=0
+FEAST=0
 for arg in "$@"; do
   case "$arg" in
     --peer) PEER=1 ;;
     --print-env) PRINT_ENV=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --feast) FEAST=1 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown option: $arg" >&2; exit 2 ;;
   esac
 done
@@ -29,6 +34,8 @@ done
 # Requirements (keep in sync with docs/benchmarks.md).
 CUDART_REQ="nvidia-cuda-runtime-cu12>=12,<13"
 PEER_REQS=("nvidia-pytriton>=0.7,<0.8" "locust>=2.18,<2.19")
+FEAST_VERSION="0.67.0"
+FEAST_REQ="feast[redis]==$FEAST_VERSION"
 
 PY="${PYTHON:-python}"
 if [[ -z "${VIRTUAL_ENV:-}" && -z "${PYTHON:-}" && -x "$(dirname "$0")/../.venv/bin/python" ]]; then
@@ -36,6 +43,33 @@ if [[ -z "${VIRTUAL_ENV:-}" && -z "${PYTHON:-}" && -x "$(dirname "$0")/../.venv/
 fi
 
 log() { if [[ $PRINT_ENV == 0 ]]; then echo "[setup] $*" >&2; fi; }
+
+# --feast: the Feast peer's own virtualenv, and nothing else.
+if [[ $FEAST == 1 ]]; then
+  FEAST_VENV="${FEAST_VENV:-$(cd "$(dirname "$0")/.." && pwd)/.venv-feast}"
+  check_feast() {
+    [[ -x "$FEAST_VENV/bin/python" ]] && "$FEAST_VENV/bin/python" - "$FEAST_VERSION" <<'EOF' 2>/dev/null
+import sys
+from importlib.metadata import version
+import feast, redis, pyarrow  # noqa: F401  (the redis extra and the parquet reader)
+sys.exit(version("feast") != sys.argv[1])
+EOF
+  }
+  if check_feast; then
+    log "$FEAST_REQ: present in $FEAST_VENV"
+  else
+    # the base interpreter of $PY (a venv made from a venv gets the same base Python)
+    BASE_PY="$("$PY" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
+    log "creating $FEAST_VENV ($("$BASE_PY" --version 2>&1)) and installing $FEAST_REQ"
+    [[ -x "$FEAST_VENV/bin/python" ]] || "$BASE_PY" -m venv "$FEAST_VENV"
+    "$FEAST_VENV/bin/python" -m pip install -q --upgrade pip
+    "$FEAST_VENV/bin/python" -m pip install -q "$FEAST_REQ"
+    check_feast || { echo "$FEAST_REQ did not import in $FEAST_VENV" >&2; exit 1; }
+    log "$FEAST_REQ: installed in $FEAST_VENV"
+  fi
+  echo "$FEAST_VENV/bin/python"
+  exit 0
+fi
 
 cudart_dir() {
   "$PY" - <<'EOF'

@@ -127,7 +127,7 @@ def _feature_demo(tmp: Path, models: Path) -> int:
         return 0
     data = tmp / "feature-data"
     _step(f"feature store: writing the example repository's data into {data}")
-    paths = generate(data, seed=0)
+    paths = generate(data, seed=0, n_transactions=20_000)  # enough labelled events for a tight promotion gate
     end_history_at(paths, datetime.now(timezone.utc) - timedelta(days=1))
     os.environ["PARITY_EXAMPLE_FEATURE_DATA"] = str(data)
     repo = FeatureRepository.load(module)
@@ -182,7 +182,139 @@ def _feature_demo(tmp: Path, models: Path) -> int:
         print(f"  {same} of {len(names)} features served online equal the training set's")
         agree = _joined_inference_demo(server, users, merchants, training, names, weights)
     print(f"  server exited with status {server.returncode}")
-    return 0 if same == len(names) and agree and server.returncode == 0 else 1
+    if not (same == len(names) and agree and server.returncode == 0):
+        return 1
+    return _registry_demo(tmp, module, data, store_url)
+
+
+def _registry_demo(tmp: Path, module: Path, data: Path, store_url: str) -> int:
+    """Train, register, serve by alias with features from the store, train again, gate, canary,
+    promote; print the registry's history."""
+    import threading
+    import time
+
+    import tritonclient.grpc as grpcclient
+    import yaml
+
+    from parity.registry import Registry
+    from parity.training.gate import GateConfig, evaluate_gate
+    from parity.training.pipeline import score_holdout, train
+
+    root = Path(__file__).resolve().parents[2]
+    db, artifacts = f"sqlite:///{tmp / 'metadata.db'}", tmp / "artifacts"
+    base = yaml.safe_load((root / "configs" / "training" / "fraud.yaml").read_text())
+    base["features"]["repository"] = str(module)
+    base["labels"]["path"] = str(data / "transactions.parquet")
+    base["registry"] = {"model": "fraud", "db": db, "artifacts": str(artifacts), "alias": "champion"}
+    base["tracking"] = {"experiment": "fraud-demo", "db": db, "artifacts": str(tmp / "runs")}
+
+    _step("training version 1 (parity train: snapshot, point-in-time training set, MLP, ONNX, profile, registry)")
+    t0 = time.monotonic()
+    first = train(base, progress=False, output_dir=tmp / "train-1")
+    print(f"  registered {first.ref} @champion in {time.monotonic() - t0:.1f}s: holdout ROC AUC {first.metrics['roc_auc']:.3f}, "
+          f"{first.rows['train']:,} training rows, {first.rows['holdout']:,} holdout rows (the latest events)")  # fmt: skip
+
+    routes = tmp / "routes"
+    routes.mkdir()
+    (routes / "fraud.yaml").write_text(yaml.safe_dump({
+        "serving": {"max_batch_size": 64, "dynamic_batching": {}, "features": {"service": "fraud_detection"}},
+        "targets": [{"model": "fraud@champion", "weight": 100}],
+        "canary": {"model": "fraud@canary", "steps": [25, 100], "interval_secs": 1.0, "min_requests": 30,
+                   "max_error_rate": 0.05, "promote_to": "champion"},
+    }, sort_keys=False))  # fmt: skip
+    # entities with every feature, to send traffic for
+    import pandas as pd
+
+    from parity.features.definitions import FeatureRepository
+    from parity.features.offline import get_historical_features
+
+    repo = FeatureRepository.load(module)
+    users = pd.read_parquet(data / "users.parquet")["user_id"].unique()[:40]
+    merchants = pd.read_parquet(data / "merchants.parquet")["merchant_id"].unique()
+    frame = pd.DataFrame({"user_id": users, "merchant_id": merchants[np.arange(len(users)) % len(merchants)],
+                          "event_timestamp": pd.Timestamp.now(tz="UTC"), "amount": 40.0, "hour": 12})  # fmt: skip
+    rows = get_historical_features(repo, frame, "fraud_detection", output="pandas", full_feature_names=True)
+    frame = frame[~rows[[c for c in rows.columns if "__" in c]].isna().any(axis=1).to_numpy()]
+
+    _step("serving fraud@champion from the registry, features joined from the online store (parity serve --routes)")
+    token = "demo-token"
+    with ServerProcess(tmp / "serving-cache", "--routes", str(routes), "--db", db, "--artifacts", str(artifacts),
+                       "--feature-repository", str(module), "--online-store", store_url, "--admin-token", token,
+                       "--registry-poll-secs", "0.5") as server:  # fmt: skip
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        rng = np.random.default_rng(0)
+
+        def one():
+            i = int(rng.integers(0, len(frame)))
+            inputs = []
+            for name, arr, datatype in (
+                ("user_id", np.array([[frame["user_id"].iloc[i]]], dtype=np.int64), "INT64"),
+                ("merchant_id", np.array([[str(frame["merchant_id"].iloc[i]).encode()]], dtype=object), "BYTES"),
+                ("amount", np.array([[float(rng.lognormal(3.5, 1.0))]]), "FP64"),
+                ("hour", np.array([[int(rng.integers(0, 24))]], dtype=np.int64), "INT64"),
+            ):
+                t = grpcclient.InferInput(name, [1, 1], datatype)
+                t.set_data_from_numpy(arr)
+                inputs.append(t)
+            r = client.infer("fraud", inputs)
+            return r.get_response().model_version, float(r.as_numpy("score")[0, 0])
+
+        answers = [one() for _ in range(20)]
+        print(f"  20 requests with entity ids only: answered by version(s) {sorted({v for v, _ in answers})}; "
+              f"scores {', '.join(f'{s:.3f}' for _, s in answers[:5])} ...")  # fmt: skip
+
+        _step("training version 2 on the same data (another seed, a wider network)")
+        second_cfg = dict(base, registry=dict(base["registry"], alias=None))
+        second_cfg["model"] = dict(base["model"], hidden=[64, 32])
+        second_cfg["training"] = dict(base["training"], seed=11)
+        second = train(second_cfg, progress=False, output_dir=tmp / "train-2")
+        print(f"  registered {second.ref}: holdout ROC AUC {second.metrics['roc_auc']:.3f}")
+
+        _step("the promotion gate: DeLong's paired test on the same holdout, non-inferiority margin 0.02")
+        y, champion_scores = score_holdout(first.onnx_path, second.holdout_path)
+        gate = evaluate_gate(GateConfig.from_dict({"metric": "roc_auc", "margin": 0.02}), y, champion_scores, second.holdout_scores)
+        ev = gate.evidence
+        print(f"  {gate.decision}")
+        registry = Registry.open(db, artifacts)
+        if not gate.passed:
+            registry.record("gate.failed", "fraud", "demo", reason="the challenger failed the gate", evidence=ev, version=second.model_version)
+            print("  version 2 stays out of production")
+        else:
+            registry.set_alias("fraud", "canary", second.model_version, "demo", "passed the promotion gate", ev, action="canary")
+            _step("canary: 25% of the traffic, then 100%, then promoted to champion if errors and latency hold")
+            stop = threading.Event()
+            seen: dict[str, int] = {}
+
+            def traffic():
+                while not stop.is_set():
+                    v, _ = one()
+                    seen[v] = seen.get(v, 0) + 1
+
+            worker = threading.Thread(target=traffic, daemon=True)
+            worker.start()
+            t0 = time.monotonic()
+            last = None
+            while time.monotonic() - t0 < 90:
+                state = json.loads(urllib.request.urlopen(f"http://{server.http_url}/v1/routes", timeout=10).read())["endpoints"]["fraud"]
+                c = state["canary"]
+                now = (c["state"], c["step_percent"])
+                if now != last:
+                    print(f"  t={time.monotonic() - t0:4.1f}s canary version {c['version']}: {c['state']} at {c['step_percent']}%  {c['last'] or ''}")
+                    last = now
+                if registry.resolve("fraud@champion").version == second.model_version or c["state"] == "rolled_back":
+                    break
+                time.sleep(0.25)
+            time.sleep(1.5)
+            stop.set()
+            worker.join(10)
+            print(f"  answers by version during the rollout: {dict(sorted(seen.items()))}")
+            print(f"  fraud@champion is now {registry.resolve('fraud@champion').ref}; the next answer comes from version {one()[0]}")
+        _step("the registry's history of 'fraud' (parity registry history fraud)")
+        for h in registry.history("fraud"):
+            print(f"  {h.at[:19]}  {h.actor:14s} {h.action:12s} v{h.version or '-'}  {h.reason}")
+        registry.close()
+    print(f"  server exited with status {server.returncode}")
+    return 0 if server.returncode == 0 else 1
 
 
 def _joined_inference_demo(server, users, merchants, training, names, weights) -> bool:

@@ -295,9 +295,12 @@ class Router:
             try:
                 await asyncio.to_thread(self._fetch, model, n, serving)
                 ok[n] = True
-            except ParityError as e:
-                log.error("refusing %s/%d: %s", model, n, e.message)
-                self.errors[f"{model}/{n}"] = e.message
+            except Exception as e:  # noqa: BLE001 - a version that cannot be fetched is refused, never fatal
+                message = e.message if isinstance(e, ParityError) else f"{type(e).__name__}: {e}"
+                if not isinstance(e, ParityError):
+                    log.exception("fetching %s/%d failed", model, n)
+                log.error("refusing %s/%d: %s", model, n, message)
+                self.errors[f"{model}/{n}"] = message
                 _remove_dir(self.cache / model / str(n))
                 (self.cache / model / f"config.{n}.yaml").unlink(missing_ok=True)
                 ok[n] = False

@@ -232,7 +232,16 @@ def parse_route(text: str, source: str, default_endpoint: str) -> Route:
     models = {split_ref(r)[0] for r, _ in parsed} | {split_ref(s)[0] for s in shadows} | ({split_ref(canary.ref)[0]} if canary else set())
     if len(models) > 1 and ("inputs" in serving or "outputs" in serving):
         err.fail(serving, "inputs" if "inputs" in serving else "outputs", "cannot be given for an endpoint over several models")
-    return Route(endpoint, source, tuple(parsed), sticky, tuple(shadows), canary, dict(serving))
+    return Route(endpoint, source, tuple(parsed), sticky, tuple(shadows), canary, _plain(serving))
+
+
+def _plain(value):
+    """Plain dicts and lists (the loader's line-numbered mappings are a dict subclass)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def load_routes(directory: Path) -> dict[str, Route]:
