@@ -404,8 +404,12 @@ class GrpcService:
         if not entities:
             raise InvalidInput("'entities' must map each join key to its values (one per entity row)")
         values = {name: _column(f"request value {name!r}", v, _REQUEST_KINDS) for name, v in request.request_values.items()}
-        got = await asyncio.to_thread(features.get_online_features, wanted, entities, values or None)
-        return fpb.GetOnlineFeaturesResponse(features=[_feature_vector(got, name) for name in got.names])
+        def read_and_build() -> fpb.GetOnlineFeaturesResponse:
+            # off the event loop: the read and the building of the answer (both grow with the rows)
+            got = features.get_online_features(wanted, entities, values or None)
+            return fpb.GetOnlineFeaturesResponse(features=[_feature_vector(got, name) for name in got.names])
+
+        return await asyncio.to_thread(read_and_build)
 
     async def push(self, request: fpb.PushRequest, token=None) -> fpb.PushResponse:
         """The twin of POST /v1/features/push (admin token, as repository load): the rows are

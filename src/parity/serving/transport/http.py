@@ -23,6 +23,7 @@ from http import HTTPStatus
 from urllib.parse import unquote_to_bytes
 
 import httptools
+import numpy as np
 
 from parity.config import ServerConfig
 from parity.errors import InternalError, InvalidInput, NotFound, ParityError
@@ -569,9 +570,13 @@ class HttpConnection(asyncio.Protocol):
             self._error(seq, tail, e)
             return
 
+        def read_and_encode() -> bytes:
+            # off the event loop: the read and the encoding of the answer (both grow with the rows)
+            return dumps({"features": online_features_json(features.get_online_features(wanted, entities, values or None))})
+
         async def run():
             try:
-                got = await asyncio.to_thread(features.get_online_features, wanted, entities, values or None)
+                body = await asyncio.to_thread(read_and_encode)
             except ParityError as e:
                 self._error(seq, tail, e)
                 return
@@ -579,18 +584,8 @@ class HttpConnection(asyncio.Protocol):
                 log.exception("online feature read failed")
                 self._error(seq, tail, InternalError(f"internal error: {type(e).__name__}: {e}"))
                 return
-            out = []
-            for name in got.names:
-                vals, nulls = got.values[name], got.nulls[name]
-                out.append(
-                    {
-                        "name": name,
-                        "values": [None if n else (v.item() if hasattr(v, "item") else v) for v, n in zip(vals, nulls)],
-                        "statuses": got.status_names(name),
-                        "ages_s": [None if a < 0 else a / 1e9 for a in got.age_ns[name].tolist()],
-                    }
-                )
-            self._json(seq, tail, 200, {"features": out}, "POST")
+            head = _HEAD_FMT % (_status_line(200), self.owner.date_line, _JSON, len(body))
+            self._send(seq, head, body, tail)
 
         self.owner.spawn(run())
 
@@ -929,6 +924,37 @@ class HttpConnection(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+_STATUS_NAMES = np.array(["PRESENT", "NOT_FOUND", "EXPIRED"], dtype=object)
+
+
+def online_features_json(got) -> list[dict]:
+    """The JSON form of an OnlineFeatures: per feature its values (null where missing), statuses
+    and ages in seconds (null where nothing is stored).  Columns are converted whole (tolist), and
+    the status and age columns a view's features share are converted once."""
+    shared: dict[int, tuple[list, list]] = {}
+    out = []
+    for name in got.names:
+        vals, nulls = got.values[name], np.asarray(got.nulls[name])
+        column = vals.tolist()
+        if nulls.any():
+            for i in np.flatnonzero(nulls).tolist():
+                column[i] = None
+        if vals.dtype == object:
+            column = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in column]
+        status, age = got.status[name], got.age_ns[name]
+        key = id(status) ^ (id(age) << 1)
+        hit = shared.get(key)
+        if hit is None:
+            ages = (np.asarray(age) / 1e9).tolist()
+            missing = np.asarray(age) < 0
+            if missing.any():
+                for i in np.flatnonzero(missing).tolist():
+                    ages[i] = None
+            hit = shared[key] = (_STATUS_NAMES[np.asarray(status, dtype=np.intp)].tolist(), ages)
+        out.append({"name": name, "values": column, "statuses": hit[0], "ages_s": hit[1]})
+    return out
 
 
 def _parse_object(body: bytes, what: str) -> dict:
