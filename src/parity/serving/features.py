@@ -141,12 +141,31 @@ class FeatureStage:
     def assemble(self, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], "Missing | None", int, int]:
         """The model's inputs for a batch of client inputs (in `client_inputs` order), the rows
         to reject (None: none), the number of rows given defaults, and the time taken (ns).
-        Reads the store: call it off the event loop."""
+        Reads the store synchronously: call it off the event loop (`fetch` is the loop's way)."""
         t0 = time.perf_counter_ns()
         entities = {name: inputs[i].reshape(-1) for i, name in self._keys}
         values = {name: inputs[i].reshape(-1) for i, name in self._values}
         now_ns = time.time_ns()
         got = self.server.get_online_features(self.service, entities, values or None, now_ns)
+        return self._build(inputs, entities, values, got, now_ns, t0)
+
+    async def fetch(self, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], "Missing | None", int, int]:
+        """`assemble` for the event loop: the store is read without blocking the loop (Redis: on
+        the loop's own connection; other stores: on a worker thread)."""
+        t0 = time.perf_counter_ns()
+        entities = {name: inputs[i].reshape(-1) for i, name in self._keys}
+        values = {name: inputs[i].reshape(-1) for i, name in self._values}
+        now_ns = time.time_ns()
+        read = getattr(self.server, "get_online_features_async", None)
+        if read is not None:
+            got = await read(self.service, entities, values or None, now_ns)
+        else:
+            import asyncio
+
+            got = await asyncio.to_thread(self.server.get_online_features, self.service, entities, values or None, now_ns)
+        return self._build(inputs, entities, values, got, now_ns, t0)
+
+    def _build(self, inputs, entities, values, got, now_ns: int, t0: int):
         if self.log is not None:
             self.log.record(self.service.name, entities, values, got, now_ns)
         rows = got.rows

@@ -274,7 +274,7 @@ class Repository:
             raise
         except Exception as e:
             raise ModelLoadError(f"model '{name}' version {number}: {type(e).__name__}: {e}") from None
-        inline_max_rows = inline_rows(config, timings) if stage is None else 0
+        inline_max_rows = inline_rows(config, timings)
         key = (name, str(number))
         stats = self.stats.get(key)
         if stats is None:

@@ -118,12 +118,10 @@ class Scheduler:
     def __init__(self, config: ModelConfig, runners: list[Runner], stats: VersionStats, *, inline_max_rows: int, stage=None):
         """`inline_max_rows`: batches of up to this many rows run on the event loop (a thread
         hand-off would cost more than the model), larger ones in the instance's thread.
-        `stage`: a feature-joined model's `FeatureStage`; its batches always run in the
-        instance's thread (they read the online store)."""
+        `stage`: a feature-joined model's `FeatureStage`: each batch first reads its features
+        (on the event loop, without blocking it: `FeatureStage.fetch`), then runs like any other."""
         self.config = config
         self.stage = stage
-        if stage is not None:
-            inline_max_rows = 0
         self.stats = stats
         self.inline_max_rows = inline_max_rows
         self.loop = asyncio.get_running_loop()
@@ -196,6 +194,9 @@ class Scheduler:
                 return
             instance = self.free.pop()
             self.running += 1
+            if self.stage is not None:
+                self._fetch_features(instance, batch)
+                continue
             rows = batch[0].rows if len(batch) == 1 else sum(it.rows for it in batch)
             if instance.executor is None or rows <= self.inline_max_rows:
                 try:
@@ -207,7 +208,7 @@ class Scheduler:
                 instance.inflight = 1
                 self.stageable.append(instance)
                 self._hand_to_thread(instance, batch)
-        while self.stageable and self.batcher.rows >= self.config.max_batch_size:
+        while self.stageable and self.stage is None and self.batcher.rows >= self.config.max_batch_size:
             decision = self.batcher.take(loop.time(), full_only=True)
             self._fail_expired(decision.expired)
             if not decision.batch:
@@ -216,6 +217,57 @@ class Scheduler:
             instance.inflight = 2
             self.running += 1
             self._hand_to_thread(instance, decision.batch)
+
+    def _fetch_features(self, instance: Instance, batch: list[Pending]) -> None:
+        """A feature-joined batch: stack the entity inputs, read the batch's features on the event
+        loop (the instance stays busy meanwhile, so the next batch gathers), then run the model."""
+        t_start = time.perf_counter_ns()
+        try:
+            inputs, outputs, rows = self._prepare(batch)
+            fut = asyncio.ensure_future(self.stage.fetch(inputs), loop=self.loop)
+        except BaseException as e:
+            self._release(instance)
+            self._fail_batch(batch, e)
+            return
+        fut.add_done_callback(lambda f: self._features_fetched(instance, batch, f, outputs, rows, t_start))
+
+    def _release(self, instance: Instance) -> None:
+        self.running -= 1
+        self.free.append(instance)
+        if self._drain_handle is None and len(self.batcher):
+            self._drain_handle = self.loop.call_soon(self._drain)
+
+    def _features_fetched(self, instance: Instance, batch: list[Pending], f, outputs, rows, t_start) -> None:
+        exc = f.exception()
+        if exc is not None:
+            self._release(instance)
+            self._fail_batch(batch, exc)
+            return
+        model_inputs, missing, defaulted, feature_ns = f.result()
+        self.stats.record_features(feature_ns * 1e-9, missing.count() if missing is not None else 0, defaulted)
+        in_ns = time.perf_counter_ns() - t_start  # stacking, the read and the assembly: the batch's input
+        if instance.executor is None or rows <= self.inline_max_rows:
+            t = time.perf_counter_ns()
+            try:
+                results = instance.runner.run(model_inputs, outputs)
+                t_run = time.perf_counter_ns()
+                per_request = self._split(batch, outputs, results)
+                if missing is not None:
+                    per_request = self._reject_missing(batch, per_request, missing)
+                result = per_request, (t_start, in_ns, t_run - t, time.perf_counter_ns() - t_run), rows
+            except BaseException as e:  # a runner failure fails its batch, never the loop
+                result = e
+            self._complete(instance, batch, result)
+            if self._drain_handle is None and self.free and len(self.batcher):
+                self._drain_handle = self.loop.call_soon(self._drain)
+            return
+        instance.inflight = 1
+        self.stageable.append(instance)
+        loop = self.loop
+        cf = instance.executor.submit(self._run_timed, instance.runner, model_inputs, outputs)
+        cf.add_done_callback(
+            lambda c: loop.call_soon_threadsafe(self._complete_future, instance, batch, c, outputs, rows, t_start, in_ns, missing)
+        )
 
     def _hand_to_thread(self, instance: Instance, batch: list[Pending]) -> None:
         """Stack on the loop, run in the instance's thread, split back on the loop: the thread
@@ -235,7 +287,7 @@ class Scheduler:
             self._fail_batch(batch, e)
             return
         in_ns = time.perf_counter_ns() - t_start
-        cf = instance.executor.submit(self._run_timed if self.stage is None else self._run_joined, instance.runner, inputs, outputs)
+        cf = instance.executor.submit(self._run_timed, instance.runner, inputs, outputs)
         cf.add_done_callback(
             lambda f: loop.call_soon_threadsafe(self._complete_future, instance, batch, f, outputs, rows, t_start, in_ns)
         )
@@ -319,34 +371,23 @@ class Scheduler:
         results = runner.run(inputs, outputs)
         return results, time.perf_counter_ns() - t
 
-    def _run_joined(self, runner: Runner, inputs: list[np.ndarray], outputs: list[str]):
-        """A feature-joined model's batch: read and assemble its features, then run the model."""
-        model_inputs, missing, defaulted, feature_ns = self.stage.assemble(inputs)
-        t = time.perf_counter_ns()
-        results = runner.run(model_inputs, outputs)
-        return results, time.perf_counter_ns() - t, missing, defaulted, feature_ns
-
     def _rows_message(self, name, arr, rows) -> str:
         return (
             f"model '{self.stats.model}': output '{name}' has shape {list(arr.shape)} for a batch of {rows} rows; "
             "a batching model must keep the first dimension"
         )
 
-    def _complete_future(self, instance: Instance, batch: list[Pending], cf, outputs, rows, t_start, in_ns) -> None:
+    def _complete_future(self, instance: Instance, batch: list[Pending], cf, outputs, rows, t_start, in_ns, missing=None) -> None:
         exc = cf.exception()
         if exc is not None:
             result = exc
         else:
-            results, run_ns, *joined = cf.result()
+            results, run_ns = cf.result()
             t = time.perf_counter_ns()
             try:
                 per_request = self._split(batch, outputs, results)
-                if joined:
-                    missing, defaulted, feature_ns = joined
-                    in_ns += feature_ns  # reading the features is part of preparing the batch's input
-                    self.stats.record_features(feature_ns * 1e-9, missing.count() if missing is not None else 0, defaulted)
-                    if missing is not None:
-                        per_request = self._reject_missing(batch, per_request, missing)
+                if missing is not None:
+                    per_request = self._reject_missing(batch, per_request, missing)
                 result = per_request, (t_start, in_ns, run_ns, time.perf_counter_ns() - t), rows
             except BaseException as e:
                 result = e
