@@ -26,7 +26,11 @@ _STATUS_NAMES = {int(s): s.name for s in Status}
 class OnlineFeatures:
     """One column per requested feature, in the requested order, with its nulls, per-row status
     (PRESENT, NOT_FOUND, EXPIRED; on-demand features take the worst status of their inputs) and
-    the age of the stored value in ns (-1 where not found; on-demand: the oldest input)."""
+    the age of the stored value in ns (-1 where not found; on-demand: the oldest input).
+
+    The arrays of one call may be shared: the features of one view share their status and age
+    arrays, and where nothing of a view is null its features share one read-only all-False null
+    column (also across calls).  A feature's value column is its own (a row of a per-call block)."""
 
     names: list[str]  # "view__feature" per requested feature
     values: dict[str, np.ndarray]
@@ -46,6 +50,13 @@ class _Plan:
     on_demand: list[OnDemandFeatureView]
     keys: dict[str, list[tuple[str, str]]]  # view -> [(key name, key dtype)] in the view's order
     request_fields: dict[str, list[tuple[str, str]]]  # request source -> [(field, dtype)]
+    # decided once, used per call:
+    names: tuple[str, ...] = ()  # "view__feature" per ref, in order
+    # per stored view: (output names, the same as a dict's keys -- dict.fromkeys copies those
+    # presized --, the view's feature indices they take, None: all of them in schema order)
+    outputs: tuple[tuple[tuple[str, ...], dict, tuple[int, ...] | None], ...] = ()
+    on_demand_refs: tuple[tuple[str, str, str], ...] = ()  # (output name, on-demand view, feature), in ref order
+    in_order: bool = True  # stored views' outputs, then the on-demand ones, come out in ref order
 
 
 class FeatureServer:
@@ -85,7 +96,19 @@ class FeatureServer:
             name: [(k.name, k.dtype) for e in view.entities for k in repo.entities[e].join_keys]
             for name, view in stored.items()
         }
-        plan = _Plan(refs, list(stored.values()), list(on_demand.values()), keys, request_fields)
+        names = tuple(f"{v}__{f}" for v, f in refs)
+        outputs = []
+        for view in stored.values():
+            mine = [(f"{v}__{f}", f) for v, f in refs if v == view.name]
+            idx = tuple(view.feature_names.index(f) for _, f in mine)
+            out = tuple(n for n, _ in mine)
+            outputs.append((out, dict.fromkeys(out), None if idx == tuple(range(len(view.feature_names))) else idx))
+        on_demand_refs = tuple((f"{v}__{f}", v, f) for v, f in refs if v not in stored)
+        assembled = [n for out, _, _ in outputs for n in out] + [n for n, _, _ in on_demand_refs]
+        plan = _Plan(
+            refs, list(stored.values()), list(on_demand.values()), keys, request_fields,
+            names=names, outputs=tuple(outputs), on_demand_refs=on_demand_refs, in_order=assembled == list(names),
+        )  # fmt: skip
         self._plans[key] = plan
         return plan
 
@@ -113,27 +136,50 @@ class FeatureServer:
                 cols.append(_key_column(name, dtype, entities[name]))
             keys = cols[0] if len(cols) == 1 and cols[0].dtype != object else list(zip(*[c.tolist() for c in cols]))
             requests.append((view, keys))
-        results = {r.view.name: r for r in self.store.read(requests, now_ns)} if requests else {}
-        out = OnlineFeatures([], {}, {}, {}, {}, rows)
-        odv_cache: dict[str, tuple] = {}
-        for view_name, feat in plan.refs:
-            name = f"{view_name}__{feat}"
-            out.names.append(name)
-            if view_name in results:
-                r = results[view_name]
-                out.values[name] = r.values[feat]
-                out.nulls[name] = r.nulls[feat]
-                out.status[name] = r.status
-                out.age_ns[name] = r.age_ns
+        read = self.store.read(requests, now_ns) if requests else []
+        values: dict[str, np.ndarray] = {}
+        nulls: dict[str, np.ndarray] = {}
+        status: dict[str, np.ndarray] = {}
+        ages: dict[str, np.ndarray] = {}
+        for r, (names, keyset, idx) in zip(read, plan.outputs):
+            if not names:
+                continue  # read only for an on-demand view
+            decoded = r.columns
+            if decoded is not None:
+                vl, nl = decoded.value_list(), decoded.null_list()
+            else:  # a store that hands back plain dicts
+                vl = [r.values[f] for f in r.view.feature_names]
+                nl = [r.nulls[f] for f in r.view.feature_names]
+            if idx is not None:
+                vl = [vl[i] for i in idx]
+                nl = None if nl is None else [nl[i] for i in idx]
+            if not values:  # the first view: make the dicts (no copy through update)
+                values = dict(zip(names, vl))
+                nulls = _no_null_dict(names, decoded.no_nulls()) if nl is None else dict(zip(names, nl))
+                status = dict.fromkeys(keyset, r.status)
+                ages = dict.fromkeys(keyset, r.age_ns)
+                continue
+            values.update(zip(names, vl))
+            if nl is None:
+                nulls.update(_no_null_dict(names, decoded.no_nulls()))
             else:
+                nulls.update(zip(names, nl))
+            status.update(dict.fromkeys(keyset, r.status))
+            ages.update(dict.fromkeys(keyset, r.age_ns))
+        if plan.on_demand_refs:
+            results = {r.view.name: r for r in read}
+            odv_cache: dict[str, tuple] = {}
+            for name, view_name, feat in plan.on_demand_refs:
                 if view_name not in odv_cache:
                     odv_cache[view_name] = self._on_demand(self.repo.on_demand[view_name], results, request_values or {}, rows)
-                values, nulls, status, age = odv_cache[view_name]
-                out.values[name] = values[feat]
-                out.nulls[name] = nulls
-                out.status[name] = status
-                out.age_ns[name] = age
-        return out
+                v, n, st, ag = odv_cache[view_name]
+                values[name] = v[feat]
+                nulls[name] = n
+                status[name] = st
+                ages[name] = ag
+        if not plan.in_order:
+            values, nulls, status, ages = ({n: d[n] for n in plan.names} for d in (values, nulls, status, ages))
+        return OnlineFeatures(list(plan.names), values, nulls, status, ages, rows)
 
     def _on_demand(self, odv: OnDemandFeatureView, results: dict, request_values: dict, rows: int):
         repo = self.repo
@@ -169,10 +215,34 @@ class FeatureServer:
         return values, incomplete, status, age
 
 
+_NO_NULL_DICTS: dict[tuple, dict] = {}
+
+
+def _no_null_dict(names: tuple[str, ...], column: np.ndarray) -> dict[str, np.ndarray]:
+    """{name: column} for every name, where `column` is a shared read-only all-False column: a copy
+    of a dict kept per (names, column) -- cheaper than building it."""
+    key = (names, id(column))
+    hit = _NO_NULL_DICTS.get(key)
+    if hit is None or next(iter(hit.values())) is not column:
+        if len(_NO_NULL_DICTS) >= 256:
+            _NO_NULL_DICTS.clear()
+        hit = _NO_NULL_DICTS[key] = dict.fromkeys(names, column)
+    return hit.copy()
+
+
+def _length(v) -> int:
+    if isinstance(v, (list, tuple)) or (isinstance(v, np.ndarray) and v.ndim):
+        return len(v)  # the length of its first axis, as np.asarray(v, dtype=object) has it
+    return len(np.atleast_1d(v))
+
+
 def _rows(entities: dict, request_values: dict | None) -> int:
-    lengths = {len(np.asarray(v, dtype=object) if isinstance(v, (list, tuple)) else np.atleast_1d(v)) for v in entities.values()}
+    if len(entities) == 1 and not request_values:  # one key column
+        for v in entities.values():
+            return _length(v)
+    lengths = {_length(v) for v in entities.values()}
     if request_values:
-        lengths |= {len(np.atleast_1d(np.asarray(v, dtype=object) if isinstance(v, (list, tuple)) else v)) for v in request_values.values()}
+        lengths |= {_length(v) for v in request_values.values()}
     if len(lengths) > 1:
         raise InvalidInput(f"entity and request columns have different lengths: {sorted(lengths)}")
     if not lengths:
@@ -181,11 +251,13 @@ def _rows(entities: dict, request_values: dict | None) -> int:
 
 
 def _key_column(name: str, dtype: str, values) -> np.ndarray:
+    if dtype == "int64" and isinstance(values, np.ndarray) and values.dtype == np.int64 and values.ndim == 1:
+        return values
     if dtype == "int64":
         arr = np.atleast_1d(np.asarray(values))
         if arr.dtype.kind not in "iu":
             raise InvalidInput(f"entity key {name!r} is int64; got {arr.dtype} values")
-        return arr.astype(np.int64)
+        return arr if arr.dtype == np.int64 else arr.astype(np.int64)
     arr = np.atleast_1d(np.asarray(values, dtype=object))
     out = np.empty(len(arr), dtype=object)
     for i, v in enumerate(arr):

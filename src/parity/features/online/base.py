@@ -35,7 +35,6 @@ import asyncio
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from enum import IntEnum
 from urllib.parse import quote
 
@@ -81,10 +80,13 @@ def age_ns(event_ts: np.ndarray, now_ns: int) -> np.ndarray:
     ev = np.asarray(event_ts, dtype=np.int64)
     if not ev.size:
         return np.zeros(0, dtype=np.int64)
-    lo, hi = int(now_ns) - int(ev.max()), int(now_ns) - int(ev.min())
+    now = int(now_ns)
+    if 0 <= now <= _INT64_MAX and (int(ev[0]) if ev.size == 1 else ev.min()) >= 0:
+        return now - ev  # in [now - INT64_MAX, now]: no overflow; int64, as now fits int64
+    lo, hi = now - int(ev.max()), now - int(ev.min())
     if _INT64_MIN <= lo and hi <= _INT64_MAX:
-        return np.int64(now_ns) - ev
-    return np.array([min(max(int(now_ns) - int(e), _INT64_MIN), _INT64_MAX) for e in ev], dtype=np.int64)
+        return np.int64(now) - ev
+    return np.array([min(max(now - int(e), _INT64_MIN), _INT64_MAX) for e in ev], dtype=np.int64)
 
 
 def check_view_name(view: FeatureView) -> str:
@@ -152,36 +154,86 @@ def _ts(name: str, ts, rows: int) -> np.ndarray:
     return arr
 
 
-@dataclass
 class ViewResult:
-    """What one read returned for one view's entities, in the order asked."""
+    """What one read returned for one view's entities, in the order asked.
 
-    view: FeatureView
-    values: dict[str, np.ndarray]  # feature -> column of the declared dtype (nulls filled: see `nulls`)
-    nulls: dict[str, np.ndarray]  # feature -> bool column, True where the value is null / absent
-    status: np.ndarray  # int8 per entity: Status values
-    age_ns: np.ndarray  # int64 per entity: now - event_ts (-1 where NOT_FOUND)
-    event_ts: np.ndarray  # int64 per entity (0 where NOT_FOUND)
-    created_ts: np.ndarray  # int64 per entity (0 where NOT_FOUND)
+    `values` / `nulls` (feature -> column) are built on first use from the decoded blocks
+    (`columns`); the columns are views into per-read blocks.  Where no value of the read is null,
+    every feature's null column is the same read-only all-False array: copy before modifying."""
+
+    __slots__ = ("view", "_values", "_nulls", "status", "age_ns", "event_ts", "created_ts", "columns")
+
+    def __init__(
+        self,
+        view: FeatureView,
+        values: dict[str, np.ndarray] | None,
+        nulls: dict[str, np.ndarray] | None,
+        status: np.ndarray,
+        age_ns: np.ndarray,
+        event_ts: np.ndarray,
+        created_ts: np.ndarray,
+        columns: codec.Columns | None = None,
+    ) -> None:
+        self.view = view
+        self._values = values  # feature -> column of the declared dtype (nulls filled: see `nulls`)
+        self._nulls = nulls  # feature -> bool column, True where the value is null / absent
+        self.status = status  # int8 per entity: Status values
+        self.age_ns = age_ns  # int64 per entity: now - event_ts (-1 where NOT_FOUND)
+        self.event_ts = event_ts  # int64 per entity (0 where NOT_FOUND)
+        self.created_ts = created_ts  # int64 per entity (0 where NOT_FOUND)
+        self.columns = columns
+
+    @property
+    def values(self) -> dict[str, np.ndarray]:
+        if self._values is None:
+            self._values = self.columns.values()
+        return self._values
+
+    @property
+    def nulls(self) -> dict[str, np.ndarray]:
+        if self._nulls is None:
+            self._nulls = self.columns.nulls()
+        return self._nulls
+
+    def __repr__(self) -> str:
+        return f"ViewResult(view={self.view.name!r}, rows={len(self.status)}, status={self.status.tolist()!r})"
 
     def masked(self, feature: str) -> np.ma.MaskedArray:
         return np.ma.MaskedArray(self.values[feature], mask=self.nulls[feature])
 
 
-def build_result(view: FeatureView, blobs: list, now_ns: int) -> ViewResult:
-    d = codec.decode(view, blobs)
-    rows = len(blobs)
-    status = np.full(rows, Status.NOT_FOUND, dtype=np.int8)
-    expired = is_expired(d.event_ts, now_ns, ttl_us(view)) & d.found
-    status[d.found] = Status.PRESENT
-    status[expired] = Status.EXPIRED
-    age = np.full(rows, -1, dtype=np.int64)
-    age[d.found] = age_ns(d.event_ts[d.found], now_ns)
-    if expired.any():
-        for name, dt in zip(view.feature_names, (f.dtype for f in view.schema)):
-            d.values[name][expired] = codec.empty_column(dt, int(expired.sum()))
-            d.nulls[name][expired] = True
-    return ViewResult(view, d.values, d.nulls, status, age, d.event_ts, d.created_ts)
+assert Status.PRESENT == 0  # `build_result` makes an all-PRESENT status with np.zeros
+
+
+def build_result(view: FeatureView, blobs: list, now_ns: int, ttl: int | None = None) -> ViewResult:
+    """Decode one view's blobs and judge them at `now_ns` (`ttl`: `ttl_us(view)`, if known)."""
+    c = codec.decode_columns(codec.layout(view), blobs)
+    rows = c.rows
+    if ttl is None:
+        ttl = ttl_us(view)
+    found = c.found  # None: every entity found
+    expired = None
+    if ttl > 0 and rows:
+        exp = is_expired(c.event_ts, now_ns, ttl)
+        if found is not None:
+            exp &= found
+        if exp.any():
+            expired = exp
+    if found is None:
+        status = np.zeros(rows, dtype=np.int8)
+        if rows == 1:  # Python ints: one numpy call instead of a reduction and a subtraction
+            a = int(now_ns) - int(c.event_ts[0])
+            age = np.array([min(max(a, _INT64_MIN), _INT64_MAX)], dtype=np.int64)
+        else:
+            age = age_ns(c.event_ts, now_ns)
+    else:
+        status = np.where(found, np.int8(Status.PRESENT), np.int8(Status.NOT_FOUND))
+        age = np.full(rows, -1, dtype=np.int64)
+        age[found] = age_ns(c.event_ts[found], now_ns)
+    if expired is not None:
+        status[expired] = Status.EXPIRED
+        c.null_out(expired)
+    return ViewResult(view, None, None, status, age, c.event_ts, c.created_ts, c)
 
 
 class OnlineStore(ABC):

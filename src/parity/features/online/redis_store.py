@@ -19,18 +19,26 @@ a cluster a script's keys must share a slot, so the rows are grouped per hash sl
 per slot (EVALSHA is not allowed in redis-py's cluster pipelines).  After a server restart (empty
 script cache) NOSCRIPT makes the store SCRIPT LOAD and resend once (safe: the writes are idempotent).
 
-Reads: standalone, one MGET of every key of every view of the call (one command, one round trip).
+Reads: standalone, one MGET of every key of every view of the call (one command, one round trip),
+packed by `_mget_command` and sent on a connection the store keeps between reads (`_mget`).
 Cluster: one pipeline of GETs, which redis-py's cluster pipeline groups per node (one round trip
 per node that owns a slot of the call's keys; a cross-slot MGET is not allowed on a cluster).
 
 Failures: connect and socket timeouts are `timeout` (default 0.5 s) and redis-py's own retries are
 off (`retries`, default 0), so an unreachable server raises `Unavailable` after about one timeout;
-the broken connection is dropped and the next call connects again.
+the broken connection is dropped and the next call connects again.  (The standalone read's kept
+connections hold their socket timeout in the kernel on Linux, SO_RCVTIMEO / SO_SNDTIMEO: the same
+bound without Python's poll before each send and receive.)
 """
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import struct
+import sys
+from itertools import groupby
 from urllib.parse import unquote
 
 import numpy as np
@@ -41,6 +49,72 @@ from redis.retry import Retry
 
 from parity.errors import InvalidInput, ParityError, Unavailable
 from parity.features.online.base import OnlineStore
+
+try:  # standalone reads pack their MGET with hiredis directly
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - redis-py without hiredis: reads go through the client
+    _hiredis_pack = None
+
+# Standalone reads on Linux: the kept connections' sockets are blocking with the timeout set in the
+# kernel (SO_RCVTIMEO / SO_SNDTIMEO) instead of Python's socket timeout, which polls before every
+# send and receive (two syscalls more per round trip).  Same bound, same errors (see `_mget`).
+_KERNEL_TIMEOUTS = sys.platform.startswith("linux")
+
+# Bumped in a forked child, whose kept connections are its parent's sockets: it must not use them
+# (checked per read instead of os.getpid(), a syscall).
+_FORKS = [0]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _FORKS.__setitem__(0, _FORKS[0] + 1))
+
+
+def _keys(prefix: str, requests: list[tuple[str, list[str]]]) -> list[str]:
+    """The keys (`RedisOnlineStore.key`) of [(view, entity ids)], in order: per view one join and
+    one split (entity ids, prefixes and view names hold no newline)."""
+    keys: list[str] = []
+    for view, ids in requests:
+        if ids:
+            keys += (f"{prefix}:{{" + f"}}:{view}\n{prefix}:{{".join(ids) + f"}}:{view}").split("\n")
+    return keys
+
+
+def _mget_command(prefix: str, requests: list[tuple[str, list[str]]]) -> bytes:
+    """The RESP bytes of one MGET of the keys of `requests`, exactly as hiredis packs them.  Keys
+    (`<prefix>:{<id>}:<view>`) are ASCII, so a key's byte length is its length, and the keys of a
+    run of ids of equal length share one length header: a run is packed by one str.join (sequential
+    ids, or ids of one magnitude, come in a few long runs).  Ids whose lengths change often (more
+    than 2 + n/4 runs in a view), or anything not ASCII: hiredis packs the keys."""
+    parts: list[str] = []
+    total = 0
+    head = f"{prefix}:{{"
+    for view, ids in requests:
+        n = len(ids)
+        total += n
+        tail = f"}}:{view}\r\n"
+        base = len(prefix) + len(view) + 4  # the key's length less the id's
+        budget = 2 + n // 4
+        for size, run in groupby(ids, len):
+            budget -= 1
+            if budget < 0:
+                return _hiredis_pack(("MGET", *_keys(prefix, requests)))
+            seg = f"${base + size}\r\n{head}"
+            parts.append(seg + (tail + seg).join(run) + tail)
+    try:
+        return (f"*{total + 1}\r\n$4\r\nMGET\r\n" + "".join(parts)).encode("ascii")
+    except UnicodeEncodeError:
+        return _hiredis_pack(("MGET", *_keys(prefix, requests)))
+
+
+def _use_kernel_timeouts(sock, timeout: float) -> bool:
+    """Give a plain TCP socket the timeout in the kernel; False (left as it is) for anything else."""
+    if type(sock) is not socket.socket or not timeout or timeout <= 0:
+        return False
+    sec, usec = divmod(max(round(timeout * 1_000_000), 1), 1_000_000)  # at least 1 us: 0 would mean none
+    tv = struct.pack("@ll", sec, usec)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+    sock.settimeout(None)
+    return True
+
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _CHUNK = 1000  # rows per script call
@@ -76,9 +150,10 @@ return won
 
 _UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 try:  # cluster-only failures
-    from redis.exceptions import ClusterDownError, MasterDownError, TryAgainError
+    from redis.exceptions import ClusterDownError, MasterDownError, RedisClusterException, TryAgainError
 
-    _UNAVAILABLE += (ClusterDownError, MasterDownError, TryAgainError)
+    # RedisClusterException (not a RedisError): no reachable startup node, slots not covered
+    _UNAVAILABLE += (ClusterDownError, MasterDownError, TryAgainError, RedisClusterException)
 except ImportError:  # pragma: no cover
     pass
 
@@ -127,6 +202,9 @@ class RedisOnlineStore(OnlineStore):
         else:
             self._client = redis.Redis(db=db, health_check_interval=0, **common)
         self._sha: str | None = None
+        self._retries = retries
+        self._idle: list = []  # standalone: connections kept between reads (see `_mget`)
+        self._idle_fork = _FORKS[0]
 
     @classmethod
     def from_url(cls, url: str, **overrides) -> RedisOnlineStore:
@@ -207,26 +285,97 @@ class RedisOnlineStore(OnlineStore):
         pipe.execute()
 
     def _read(self, requests: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
-        keys = [self.key(view, i) for view, ids in requests for i in ids]
-        if not keys:
+        if not any(ids for _, ids in requests):
             return [[] for _ in requests]
         try:
             if self.cluster:
-                pipe = self._client.pipeline(transaction=False)
-                for k in keys:
-                    pipe.get(k)
-                values = pipe.execute()
+                keys = _keys(self.prefix, requests)
+                values = self._cluster_gets(keys)
             else:
-                values = self._client.mget(keys)
+                values = self._mget(requests)
         except _UNAVAILABLE as e:
             raise self._fail(e) from e
         except ResponseError as e:
             raise ParityError(f"the online store {self.url} refused a read: {e}") from e
+        if len(requests) == 1:
+            return [values]
         out, pos = [], 0
         for _, ids in requests:
             out.append(values[pos : pos + len(ids)])
             pos += len(ids)
         return out
+
+    def _cluster_gets(self, keys: list[str]) -> list:
+        """GET every key in one pipeline, one packet per node.  Without following redirections:
+        redis-py would resend each failed GET of a node on its own, one timeout per key (a frozen
+        node held a read of 200 keys 100 s); so a node that fails fails the read after one timeout.
+        MOVED/ASK (slots moving) instead rerun the pipeline the usual way, which follows them and
+        refreshes the slot map."""
+        from redis.cluster import PipelineCommand
+        from redis.exceptions import AskError, MovedError
+
+        stack = [PipelineCommand(("GET", k), {}, i) for i, k in enumerate(keys)]
+        try:
+            return self._client.pipeline(transaction=False).send_cluster_commands(stack, allow_redirections=False)
+        except (MovedError, AskError):
+            pipe = self._client.pipeline(transaction=False)
+            for k in keys:
+                pipe.get(k)
+            return pipe.execute()
+
+    def _mget(self, requests: list[tuple[str, list[str]]]) -> list:
+        """One MGET of the keys of `requests` (standalone), without the client's per-command
+        overhead (pool checkout and release, retry wrapper, argument re-packing): packed by
+        `_mget_command`, it runs on a connection this store keeps between reads -- taken from and
+        given back to `_idle` (list pop/append: atomic, so concurrent reads each get their own).
+        The connections come from the client's pool, so `_fail` and `close` disconnect them too.  A
+        connection that fails is disconnected (it connects again on its next use); connection
+        errors are retried `retries` times, as the client does.  Replies are the client's: a list
+        of bytes or None.  On Linux the connection's socket keeps its timeout in the kernel
+        (`_use_kernel_timeouts`); a send or receive that runs out of it fails with EAGAIN, raised
+        here as the redis TimeoutError it stands for."""
+        if _hiredis_pack is None:
+            return self._client.mget(_keys(self.prefix, requests))
+        if self._idle_fork != _FORKS[0]:  # a forked child must not share its parent's sockets
+            self._idle, self._idle_fork = [], _FORKS[0]
+        idle = self._idle
+        try:
+            conn = idle.pop()
+        except IndexError:
+            conn = None
+        packed = [_mget_command(self.prefix, requests)]
+        for attempt in range(self._retries + 1):
+            try:
+                if conn is None:
+                    conn = self._client.connection_pool.get_connection()
+                if _KERNEL_TIMEOUTS:
+                    sock = getattr(conn, "_sock", None)
+                    if sock is None:
+                        conn.connect()
+                        sock = getattr(conn, "_sock", None)
+                    if sock is not None and conn.__dict__.get("_parity_tuned") is not sock:
+                        _use_kernel_timeouts(sock, self.timeout)
+                        conn._parity_tuned = sock
+                conn.send_packed_command(packed, check_health=False)
+                values = conn.read_response()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+                if conn is not None:
+                    conn.disconnect()
+                if attempt == self._retries:
+                    if conn is not None:
+                        idle.append(conn)
+                    if isinstance(e.__context__, BlockingIOError):  # the kernel timeout ran out
+                        raise redis.exceptions.TimeoutError(f"Timeout: no answer within {self.timeout}s ({e})") from e
+                    raise
+            except BaseException:
+                if conn is not None:  # maybe half a reply in the socket: never reuse it as it is
+                    conn.disconnect()
+                    idle.append(conn)
+                raise
+            else:
+                idle.append(conn)
+                return values
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
         try:
