@@ -401,3 +401,42 @@ def test_a_store_that_returns_plain_dicts_reads_the_same(server, service):
         del server.store.read
     rows = list(range(len(keys)))
     assert_same_rows(with_blocks, rows, without, rows)
+
+
+def test_reads_from_an_event_loop_equal_the_blocking_reads_on_both_backends(tmp_path):
+    """`read_async` (Redis: the event loop's own connection; SQLite: a worker thread) gives the
+    same results as `read`, for one entity and many, found and not."""
+    import asyncio
+    import uuid
+
+    from parity.features.definitions import Entity, FeatureView, Field, FileSource
+    from parity.features.online import open_online_store
+
+    view = FeatureView("aio", ("u",), FileSource("unused.parquet"), schema=(Field("a", "float32"), Field("b", "int64")), ttl_seconds=0)
+    urls = [f"sqlite:///{tmp_path / 'aio.db'}", f"redis://127.0.0.1:6379/0?prefix=paritytest_aio_{uuid.uuid4().hex[:8]}"]
+    for url in urls:
+        with open_online_store(url) as store:
+            keys = np.arange(50, dtype=np.int64)
+            store.write(view, keys, {"a": keys.astype(np.float32) / 3, "b": keys * 7}, np.full(50, 10**18, dtype=np.int64))
+            asks = [np.array([3]), np.arange(0, 80, 3)]
+
+            async def run():
+                try:
+                    return [await store.read_async([(view, k)], 2 * 10**18) for k in asks]
+                finally:
+                    await store.close_async()
+
+            got = asyncio.run(run())
+            for k, (async_result,) in zip(asks, got):
+                (sync_result,) = store.read([(view, k)], 2 * 10**18)
+                assert async_result.status.tolist() == sync_result.status.tolist()
+                assert async_result.age_ns.tolist() == sync_result.age_ns.tolist()
+                for f in ("a", "b"):
+                    assert async_result.values[f].tobytes() == sync_result.values[f].tobytes()
+                    assert async_result.nulls[f].tolist() == sync_result.nulls[f].tolist()
+            if url.startswith("redis"):
+                import redis
+
+                with redis.Redis() as r:
+                    for key in r.scan_iter(match=url.split("prefix=")[1] + ":*"):
+                        r.delete(key)

@@ -123,6 +123,24 @@ class FeatureServer:
     ) -> OnlineFeatures:
         """`entities`: join key name -> column (one value per row); `request_values`: field name ->
         column, for on-demand views' request sources."""
+        plan, rows, requests, now_ns = self._requests(features, entities, request_values, now_ns)
+        read = self.store.read(requests, now_ns) if requests else []
+        return self._assemble(plan, rows, read, request_values)
+
+    async def get_online_features_async(
+        self,
+        features: FeatureService | str | list[str],
+        entities: dict[str, object],
+        request_values: dict[str, object] | None = None,
+        now_ns: int | None = None,
+    ) -> OnlineFeatures:
+        """`get_online_features` for an event loop: the store is read without blocking the loop
+        (`OnlineStore.read_async`: Redis on the loop's own connection)."""
+        plan, rows, requests, now_ns = self._requests(features, entities, request_values, now_ns)
+        read = await self.store.read_async(requests, now_ns) if requests else []
+        return self._assemble(plan, rows, read, request_values)
+
+    def _requests(self, features, entities: dict, request_values: dict | None, now_ns: int | None):
         plan = self.plan(features)
         rows = _rows(entities, request_values)
         if now_ns is None:
@@ -136,7 +154,9 @@ class FeatureServer:
                 cols.append(_key_column(name, dtype, entities[name]))
             keys = cols[0] if len(cols) == 1 and cols[0].dtype != object else list(zip(*[c.tolist() for c in cols]))
             requests.append((view, keys))
-        read = self.store.read(requests, now_ns) if requests else []
+        return plan, rows, requests, now_ns
+
+    def _assemble(self, plan: _Plan, rows: int, read: list, request_values: dict | None) -> OnlineFeatures:
         values: dict[str, np.ndarray] = {}
         nulls: dict[str, np.ndarray] = {}
         status: dict[str, np.ndarray] = {}

@@ -175,6 +175,8 @@ class Server:
         await asyncio.gather(*(t.stop(grace) for t in self.transports))
         if getattr(self, "_router", None) is not None:
             await self._router.stop()
+        if self.core.features is not None:
+            await self.core.features.store.close_async()
         await self.repository.close()
         if self.repository.feature_log is not None:
             self.repository.feature_log.close()  # the last samples to disk

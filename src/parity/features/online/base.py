@@ -267,8 +267,21 @@ class OnlineStore(ABC):
         return [build_result(view, b, now_ns) for (_, view, _), b in zip(asked, blobs)]
 
     async def read_async(self, requests: Sequence[tuple[FeatureView, object]], now_ns: int) -> list[ViewResult]:
-        """`read` on a worker thread, for event loops."""
-        return await asyncio.to_thread(self.read, requests, now_ns)
+        """`read` for event loops: the same checks and results, the blobs fetched by `_read_async`
+        (a worker thread unless the backend has a way that does not block the loop)."""
+        if isinstance(now_ns, np.generic):
+            now_ns = int(now_ns)
+        if not isinstance(now_ns, int):
+            raise InvalidInput(f"now_ns must be an int (ns since the epoch), not {type(now_ns).__name__}")
+        asked = [(check_view_name(view), view, entity_ids(keys)) for view, keys in requests]
+        blobs = await self._read_async([(name, ids) for name, _, ids in asked]) if asked else []
+        return [build_result(view, b, now_ns) for (_, view, _), b in zip(asked, blobs)]
+
+    async def _read_async(self, requests: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
+        return await asyncio.to_thread(self._read, requests)
+
+    async def close_async(self) -> None:
+        """Close what this event loop holds of the store (its connection, where it has one)."""
 
     async def write_async(self, view: FeatureView, keys, columns: dict, event_ts, created_ts=None) -> int:
         return await asyncio.to_thread(self.write, view, keys, columns, event_ts, created_ts)

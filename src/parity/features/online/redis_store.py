@@ -203,6 +203,11 @@ class RedisOnlineStore(OnlineStore):
             self._client = redis.Redis(db=db, health_check_interval=0, **common)
         self._sha: str | None = None
         self._retries = retries
+        # reads from an event loop (standalone, plain TCP): one pipelined connection per loop
+        self._aio_args = None if (cluster or ssl) else (host, port, db, password, username)
+        import weakref
+
+        self._aio = weakref.WeakKeyDictionary()  # event loop -> AsyncRedis
         self._idle: list = []  # standalone: connections kept between reads (see `_mget`)
         self._idle_fork = _FORKS[0]
 
@@ -305,6 +310,47 @@ class RedisOnlineStore(OnlineStore):
             pos += len(ids)
         return out
 
+    async def _read_async(self, requests: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
+        """One MGET on the event loop's own pipelined connection (`resp.AsyncRedis`): no thread
+        hand-off, the loop serves other requests while Redis answers.  Cluster and TLS stores read
+        on a worker thread."""
+        if self._aio_args is None or _hiredis_pack is None:
+            return await super()._read_async(requests)
+        if not any(ids for _, ids in requests):
+            return [[] for _ in requests]
+        import asyncio
+
+        from parity.features.online.resp import AsyncRedis
+
+        loop = asyncio.get_running_loop()
+        conn = self._aio.get(loop)
+        if conn is None:
+            host, port, db, password, username = self._aio_args
+            conn = self._aio[loop] = AsyncRedis(host, port, db, password, username, timeout=self.timeout)
+        try:
+            values = await conn.execute_packed(_mget_command(self.prefix, requests))
+        except Unavailable as e:
+            raise Unavailable(
+                f"the online store {self.url} is unavailable ({e.message}); start Redis or fix the online store url "
+                f"(timeout {self.timeout}s), then retry -- the store reconnects by itself"
+            ) from None
+        if not isinstance(values, list):
+            raise ParityError(f"the online store {self.url} refused a read: {values}")
+        if len(requests) == 1:
+            return [values]
+        out, pos = [], 0
+        for _, ids in requests:
+            out.append(values[pos : pos + len(ids)])
+            pos += len(ids)
+        return out
+
+    async def close_async(self) -> None:
+        import asyncio
+
+        conn = self._aio.pop(asyncio.get_running_loop(), None)
+        if conn is not None:
+            conn.close()
+
     def _cluster_gets(self, keys: list[str]) -> list:
         """GET every key in one pipeline, one packet per node.  Without following redirections:
         redis-py would resend each failed GET of a node on its own, one timeout per key (a frozen
@@ -378,6 +424,11 @@ class RedisOnlineStore(OnlineStore):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
+        for conn in list(self._aio.values()):
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001, S110 - best effort (the loop may be gone)
+                pass
         try:
             self._client.close()
         except RedisError:
