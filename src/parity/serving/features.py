@@ -124,6 +124,13 @@ class FeatureStage:
         self._view_keys = {v.name: [k for k, _ in plan.keys[v.name]] for v in plan.stored}
         self._on_demand = {o.name: o for o in plan.on_demand}
         self.log = None  # a parity.features.skew.ServedFeatureLog: samples of what was served
+        self._runs: list[tuple[int, int, list[str]]] = []  # (first, end, names): features of one dtype in a row
+        for j, dt in enumerate(dtypes):
+            if self._runs and dtypes[self._runs[-1][0]] == dt:
+                first, _, names = self._runs[-1]
+                self._runs[-1] = (first, j + 1, names + [self.names[j]])
+            else:
+                self._runs.append((j, j + 1, [self.names[j]]))
         self.defaults: np.ndarray | None = None
         if service.on_missing == "default":
             self.defaults = np.array([service.defaults[f"{v}:{f}"] for v, f in plan.refs], dtype=self.dtype)
@@ -170,11 +177,24 @@ class FeatureStage:
             self.log.record(self.service.name, entities, values, got, now_ns)
         rows = got.rows
         matrix = np.empty((rows, len(self.names)), dtype=self.dtype)
+        vals = got.values
+        # one stack per run of features of one dtype, cast straight into the input's dtype
+        # (exactly what a column-by-column assignment gives)
+        for start, stop, names in self._runs:
+            if stop - start == 1:
+                matrix[:, start] = vals[names[0]]
+            else:
+                matrix[:, start:stop] = np.stack([vals[n] for n in names], axis=1)
         missing: np.ndarray | None = None
+        seen: dict[int, bool] = {}  # null columns are shared (per view, and all-False ones across calls)
+        all_nulls = got.nulls
         for j, name in enumerate(self.names):
-            matrix[:, j] = got.values[name]
-            nulls = got.nulls[name]
-            if nulls.any():
+            nulls = all_nulls[name]
+            key = id(nulls)
+            hit = seen.get(key)
+            if hit is None:
+                hit = seen[key] = bool(nulls.any())
+            if hit:
                 if missing is None:
                     missing = np.zeros(rows, dtype=bool)
                 missing |= nulls
