@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     from parity.registry.cli import add_commands as add_registry_commands
 
     add_registry_commands(sub)
+    from parity.monitoring.cli import add_commands as add_monitor_commands
+
+    add_monitor_commands(sub)
     from parity.training.cli import add_commands as add_gate_commands
 
     add_gate_commands(sub)
