@@ -31,6 +31,10 @@ def _serve(args: argparse.Namespace) -> int:
         "tls_key_file": args.tls_key,
         "feature_repository": args.feature_repository,
         "online_store": args.online_store,
+        "monitor_window_rows": args.monitor_window_rows,
+        "monitor_time_window_secs": args.monitor_time_window_secs,
+        "monitor_false_alarm_rate": args.monitor_false_alarm_rate,
+        "alert_webhooks": args.alert_webhook,
         "feature_log_dir": args.feature_log,
         "feature_log_sample_rate": args.feature_log_sample_rate,
         "routes": args.routes,
@@ -207,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-key", help="PEM private key of --tls-cert")
     s.add_argument("--feature-repository", help="a feature repository module: serves POST /v1/features/online")
     s.add_argument("--online-store", help="sqlite:///PATH (default ./parity_online.db) or redis://HOST:PORT/DB?prefix=P")
+    s.add_argument("--monitor-window-rows", type=int, help="drift monitoring: rows per count window (default 1000)")
+    s.add_argument("--monitor-time-window-secs", type=float, help="drift monitoring: seconds per time window (default 300)")
+    s.add_argument("--monitor-false-alarm-rate", type=float, help="drift monitoring: false alarms per window (default 0.01)")
+    s.add_argument("--alert-webhook", action="append", help="POST every alarm to this URL (repeat for more)")
     s.add_argument("--feature-log", help="skew monitor: log a sample of the feature vectors feature-joined models are given under this directory")
     s.add_argument("--feature-log-sample-rate", type=float, help="the share of rows logged (default 0.01)")
     s.add_argument("--routes", help="serve from the model registry: a directory of routing files, one YAML per endpoint (docs/routing.md)")

@@ -377,6 +377,17 @@ class ServerConfig:
     # as Parquet under this directory for `parity features verify` ("" = off)
     feature_log_dir: str = ""
     feature_log_sample_rate: float = 0.01
+    # monitoring: versions with a reference profile are binned per batch into count windows of
+    # monitor_window_rows and time windows of monitor_time_window_secs, tested for drift at the
+    # false-alarm rate; predictions of requests with an id are logged (up to prediction_log_rows
+    # rows, for prediction_log_ttl_secs) to be joined with late labels (POST /v1/feedback);
+    # alarms go to the log and to each alert webhook
+    monitor_window_rows: int = 1000
+    monitor_time_window_secs: float = 300.0
+    monitor_false_alarm_rate: float = 0.01
+    prediction_log_rows: int = 200_000
+    prediction_log_ttl_secs: float = 7 * 86_400.0
+    alert_webhooks: tuple[str, ...] = ()
     # serving from the model registry: a directory of routing files (one YAML per endpoint), the
     # registry's database and artifact store (defaults: parity.home), how often aliases and
     # routing files are checked, and where fetched versions are kept (the model repository)
@@ -396,6 +407,8 @@ _SERVER_FIELDS = {
     "grpc_transport": str, "server_name": str, "log_level": str,
     "grpc_max_concurrent_streams": int, "grpc_max_header_list_bytes": int,
     "tls_cert_file": str, "tls_key_file": str, "feature_repository": str, "online_store": str,
+    "monitor_window_rows": int, "monitor_time_window_secs": (int, float), "monitor_false_alarm_rate": (int, float),
+    "prediction_log_rows": int, "prediction_log_ttl_secs": (int, float), "alert_webhooks": list,
     "feature_log_dir": str, "feature_log_sample_rate": (int, float), "routes": str, "registry_db": str, "registry_artifacts": str, "registry_poll_secs": (int, float),
 }  # fmt: skip
 
@@ -426,6 +439,11 @@ def load_server_config(path: Path | None, overrides: dict[str, Any]) -> ServerCo
     if "model_repository" not in values:
         raise ConfigError(source, "model_repository", "is required (--model-repository DIR, or --routes DIR to serve from the registry)")
     values["model_repository"] = Path(values["model_repository"])
+    if "alert_webhooks" in values:
+        hooks = values["alert_webhooks"]
+        if not all(isinstance(h, str) and h.startswith(("http://", "https://")) for h in hooks):
+            raise ConfigError(source, "alert_webhooks", "must be a list of http:// or https:// URLs")
+        values["alert_webhooks"] = tuple(hooks)
     cfg = ServerConfig(**values)
     for port_field in ("http_port", "grpc_port"):
         port = getattr(cfg, port_field)
@@ -452,6 +470,12 @@ def load_server_config(path: Path | None, overrides: dict[str, Any]) -> ServerCo
             raise ConfigError(source, secs, "must be > 0 seconds")
     if cfg.max_body_bytes < 1024:
         raise ConfigError(source, "max_body_bytes", "must be at least 1024")
+    if cfg.monitor_window_rows < 10:
+        raise ConfigError(source, "monitor_window_rows", "must be at least 10 rows")
+    if not 0 < cfg.monitor_false_alarm_rate < 0.5:
+        raise ConfigError(source, "monitor_false_alarm_rate", "must be within (0, 0.5)")
+    if cfg.monitor_time_window_secs <= 0 or cfg.prediction_log_ttl_secs <= 0 or cfg.prediction_log_rows < 0:
+        raise ConfigError(source, "monitor_time_window_secs", "windows, TTLs and sizes must be positive")
     if not 0 <= cfg.feature_log_sample_rate <= 1:
         raise ConfigError(source, "feature_log_sample_rate", "must be within [0, 1]")
     if cfg.registry_poll_secs <= 0:

@@ -41,9 +41,10 @@ if numba.config.USING_SVML:  # numba was imported first, on a machine with Intel
     )
 
 from parity.kernels.bucketize import bucketize
+from parity.kernels.binning import CategoryIndex, NumericBinner, bin_counts
 from parity.kernels.clip import clip
 from parity.kernels.hashing import stable_hash
 from parity.kernels.log import log1p
 from parity.kernels.scale import min_max_scale, standard_scale
 
-__all__ = ["bucketize", "clip", "log1p", "min_max_scale", "stable_hash", "standard_scale"]
+__all__ = ["CategoryIndex", "NumericBinner", "bin_counts", "bucketize", "clip", "log1p", "min_max_scale", "stable_hash", "standard_scale"]

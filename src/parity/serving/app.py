@@ -75,6 +75,7 @@ class Server:
         if not shared_ports:
             for t in self.transports:
                 await t.start()
+        self._start_monitoring()
         if cfg.routes:
             await self._start_router()
         else:
@@ -95,6 +96,19 @@ class Server:
         self._setup_worker_metrics()
         ports = ", ".join(f"{t.name} on {cfg.host}:{t.port}" for t in self.transports)
         log.info("serving %d model(s): %s%s", len(self.repository.models), ports, "" if self.core.ready else " (NOT ready: see errors above)")
+
+    def _start_monitoring(self) -> None:
+        """Drift monitoring of versions with a profile, the prediction log for late labels,
+        alerts to the log and the webhooks."""
+        from parity.monitoring.alerts import Alerter, WebhookNotifier
+        from parity.monitoring.performance import PredictionLog
+        from parity.monitoring.tap import MonitorConfig
+
+        cfg = self.config
+        self.repository.monitor_config = MonitorConfig(cfg.monitor_window_rows, cfg.monitor_time_window_secs, cfg.monitor_false_alarm_rate)
+        self.alerter = self.repository.alerter = Alerter([WebhookNotifier(list(cfg.alert_webhooks))] if cfg.alert_webhooks else [])
+        if cfg.prediction_log_rows:
+            self.core.prediction_log = PredictionLog(capacity=cfg.prediction_log_rows, ttl_secs=cfg.prediction_log_ttl_secs)
 
     async def _start_router(self) -> None:
         """Serve from the registry: endpoints from the routing files, versions fetched into the
@@ -180,6 +194,8 @@ class Server:
         await self.repository.close()
         if self.repository.feature_log is not None:
             self.repository.feature_log.close()  # the last samples to disk
+        if getattr(self, "alerter", None) is not None:
+            self.alerter.close()
         log.info("stopped")
 
 

@@ -127,6 +127,7 @@ class InferenceCore:
         self.extra_stats: list = []  # callables returning statistics dicts of other workers
         self.features = None  # a parity.features.retrieval.FeatureServer when a feature repository is served
         self.router = None  # a parity.serving.router.Router when serving from the registry (--routes)
+        self.prediction_log = None  # a parity.monitoring.performance.PredictionLog (late labels)
 
     @staticmethod
     def _build_plan(version: Version) -> None:
@@ -171,7 +172,49 @@ class InferenceCore:
             fut.context = (plan, t0)
         if shadows:
             self.router.mirror(req, version, shadows, fut)
+        if req.id and self.prediction_log is not None:
+            fut.add_done_callback(self._prediction_logger(req.id, plan))
         return fut, plan, t0
+
+    def _prediction_logger(self, request_id: str, plan: Plan):
+        """Log the request's first output (one prediction per row) for POST /v1/feedback."""
+        log_ = self.prediction_log
+
+        def record(fut) -> None:
+            try:
+                outputs = fut.result()
+            except BaseException:  # noqa: BLE001 - a failed request has nothing to label
+                return
+            try:
+                first = outputs.get(plan.outputs[0]) if plan.outputs else None
+                if first is not None and first.dtype.kind in "fiub":
+                    log_.record(request_id, plan.model_name, plan.label, first)
+            except Exception:  # noqa: BLE001 - never fails the request
+                pass
+
+        return record
+
+    def feedback(self, request_id: str, labels, rows=None) -> dict:
+        if self.prediction_log is None:
+            raise NotFound("this server keeps no prediction log (prediction_log_rows is 0)")
+        if not isinstance(request_id, str) or not request_id:
+            raise InvalidInput("feedback needs the 'id' of the inference request")
+        return self.prediction_log.feedback(request_id, labels, rows)
+
+    def monitors(self) -> list:
+        return [
+            v.scheduler.monitor for m in list(self.repository.models.values()) for v in list(m.versions.values())
+            if v.scheduler.monitor is not None
+        ]  # fmt: skip
+
+    def monitoring(self, model: str | None = None) -> dict:
+        """GET /v1/monitoring: drift windows, rolling performance per model version."""
+        entries = [m.entry() for m in self.monitors() if model is None or m.model == model]
+        perf = self.prediction_log.summary() if self.prediction_log is not None else {}
+        by_version = {(p.get("model"), str(p.get("version"))): p for p in perf.get("models", [])}
+        for e in entries:
+            e["performance"] = by_version.get((e["model"], e["version"]))
+        return {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": entries, "performance": perf}
 
     def finish(self, req: InferRequest, plan: Plan, t0: int, outputs: dict) -> InferResponse:
         self.succeeded(plan, t0)
@@ -308,6 +351,11 @@ class InferenceCore:
         ready = metrics.Family("parity_server_ready", "gauge", "1 when the server is ready to serve (models warm, not draining).")
         ready.add((), 1 if self.ready else 0)
         fams.append(ready)
+        from parity.monitoring import tap
+
+        fams += tap.families(self.monitors())
+        if self.prediction_log is not None:
+            fams += self.prediction_log.families()
         return fams
 
     def metrics_text(self) -> str:

@@ -69,6 +69,8 @@ class Repository:
         self._on_load = on_load  # callback(version) to build per-version plans
         self.features = None  # the server's FeatureServer, for models whose config names a feature service
         self.feature_log = None  # a ServedFeatureLog sampling what feature-joined models were given
+        self.monitor_config = None  # parity.monitoring.tap.MonitorConfig: versions with a profile are monitored
+        self.alerter = None  # parity.monitoring.alerts.Alerter for drift alarms
         self._retiring: set[asyncio.Task] = set()
 
     # -- lookup (request path) ------------------------------------------------------------------
@@ -280,6 +282,13 @@ class Repository:
         if stats is None:
             stats = self.stats[key] = VersionStats(name, str(number))
         scheduler = Scheduler(config, runners, stats, inline_max_rows=inline_max_rows, stage=stage)
+        if self.monitor_config is not None:
+            from parity.monitoring.tap import build_monitor
+
+            scheduler.monitor = build_monitor(
+                name, str(number), path.parent, run_config.inputs, run_config.outputs,
+                feature_input=config.features.input if config.features else None, config=self.monitor_config, alerter=self.alerter,
+            )  # fmt: skip
         version = Version(name, number, config, scheduler, stats, fp)
         if self._on_load is not None:
             self._on_load(version)

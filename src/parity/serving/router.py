@@ -262,6 +262,7 @@ class Router:
                 for n in stale:
                     _remove_dir(self.cache / model / str(n))
                     (self.cache / model / f"config.{n}.yaml").unlink(missing_ok=True)
+                    (self.cache / model / f"profile.{n}.json").unlink(missing_ok=True)
                 if keep.get(model):
                     await self._load(model)
                 else:
@@ -317,6 +318,14 @@ class Router:
 
     def _fetch(self, model: str, number: int, serving: dict) -> None:
         path = self.registry.fetch(f"{model}/{number}", self.cache)
+        profile = self.registry.get(model, number).profile
+        profile_path = self.cache / model / f"profile.{number}.json"
+        if profile:  # the reference profile: the version is monitored for drift
+            import json
+
+            profile_path.write_text(json.dumps(profile))
+        else:
+            profile_path.unlink(missing_ok=True)
         config = {k: v for k, v in serving.items()}
         if (path / "model.onnx").exists():
             config.setdefault("platform", "onnxruntime_onnx")

@@ -122,6 +122,7 @@ class Scheduler:
         (on the event loop, without blocking it: `FeatureStage.fetch`), then runs like any other."""
         self.config = config
         self.stage = stage
+        self.monitor = None  # a parity.monitoring.tap.VersionMonitor when the version has a reference profile
         self.stats = stats
         self.inline_max_rows = inline_max_rows
         self.loop = asyncio.get_running_loop()
@@ -251,6 +252,8 @@ class Scheduler:
             try:
                 results = instance.runner.run(model_inputs, outputs)
                 t_run = time.perf_counter_ns()
+                if self.monitor is not None:
+                    self.monitor.observe(model_inputs, outputs, results)
                 per_request = self._split(batch, outputs, results)
                 if missing is not None:
                     per_request = self._reject_missing(batch, per_request, missing)
@@ -360,16 +363,21 @@ class Scheduler:
         t_in = time.perf_counter_ns()
         results = runner.run(inputs, outputs)
         t_run = time.perf_counter_ns()
+        if self.monitor is not None:
+            self.monitor.observe(inputs, outputs, results)
         per_request = self._split(batch, outputs, results)
         t_out = time.perf_counter_ns()
         return per_request, (t_start, t_in - t_start, t_run - t_in, t_out - t_run), rows
 
-    @staticmethod
-    def _run_timed(runner: Runner, inputs: list[np.ndarray], outputs: list[str]):
-        """The only work done in a runner's thread: the model itself (the runtimes release the GIL)."""
+    def _run_timed(self, runner: Runner, inputs: list[np.ndarray], outputs: list[str]):
+        """The work done in a runner's thread: the model itself (the runtimes release the GIL),
+        and the monitoring tap's counting (its kernels release it too)."""
         t = time.perf_counter_ns()
         results = runner.run(inputs, outputs)
-        return results, time.perf_counter_ns() - t
+        elapsed = time.perf_counter_ns() - t
+        if self.monitor is not None:
+            self.monitor.observe(inputs, outputs, results)
+        return results, elapsed
 
     def _rows_message(self, name, arr, rows) -> str:
         return (

@@ -23,6 +23,7 @@ from parity.errors import DeadlineExceeded, GrpcCode, ParityError, as_parity_err
 from parity.serving.core import InferenceCore, bearer
 from parity.serving.transport.grpc_service import (
     FEATURE_SERVICE,
+    MONITORING_SERVICE,
     SERVICE,
     GrpcService,
     Wire,
@@ -83,7 +84,8 @@ class GrpcTransport:
             self.model_stream_infer, request_deserializer=pb.ModelInferRequest.FromString, response_serializer=None
         )
         features = {name: msg(self._guard(fn), cls) for name, (cls, fn) in self.service.feature_methods().items()}
-        return {SERVICE: handlers, FEATURE_SERVICE: features}
+        monitoring = {name: msg(self._guard(fn), cls) for name, (cls, fn) in self.service.monitoring_methods().items()}
+        return {SERVICE: handlers, FEATURE_SERVICE: features, MONITORING_SERVICE: monitoring}
 
     async def start(self) -> None:
         cfg = self.config

@@ -34,6 +34,7 @@ log = logging.getLogger("parity.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
 FEATURE_SERVICE = "parity.v1.FeatureService"
+MONITORING_SERVICE = "parity.v1.MonitoringService"
 
 _LITTLE = sys.byteorder == "little"
 # grpcio cancels a call whose deadline passed; a cancellation this close to the request's deadline
@@ -319,10 +320,28 @@ class GrpcService:
             "Push": (fpb.PushRequest, self.push),
         }
 
+    def monitoring_methods(self) -> dict[str, tuple[type, Callable]]:
+        """The methods of `MONITORING_SERVICE`."""
+        from parity._proto.parity.v1 import monitoring_pb2 as mpb
+
+        async def feedback(request, token=None):
+            result = self.core.feedback(request.id, list(request.labels), list(request.rows) or None)
+            status = result["status"]
+            if status == "unknown":
+                raise NotFound(f"no served request with id {request.id!r} in the prediction log")
+            if status == "expired":
+                raise NotFound(f"the request {request.id!r} left the prediction log (older than its TTL or capacity)")
+            if status == "invalid":
+                raise InvalidInput(result.get("message", "invalid feedback"))
+            return mpb.FeedbackResponse(status=status, model=result.get("model", ""), version=str(result.get("version", "")), joined=result["rows"])
+
+        return {"Feedback": (mpb.FeedbackRequest, feedback)}
+
     def paths(self) -> dict[str, tuple[type, Callable]]:
         """Every method here by its full path ("/service/method") -> (request class, handler)."""
         out = {f"/{SERVICE}/{name}": entry for name, entry in self.methods().items()}
         out.update({f"/{FEATURE_SERVICE}/{name}": entry for name, entry in self.feature_methods().items()})
+        out.update({f"/{MONITORING_SERVICE}/{name}": entry for name, entry in self.monitoring_methods().items()})
         return out
 
     # -- server and model information ----------------------------------------------------------------

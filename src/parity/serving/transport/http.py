@@ -428,7 +428,7 @@ class HttpConnection(asyncio.Protocol):
                 _INFER_ROUTES[url] = (name, version)
                 self._infer(seq, tail, name, version, body, headers)
                 return
-        if path.startswith((b"/v1/routes", b"/v1/runs")):
+        if path.startswith((b"/v1/routes", b"/v1/runs", b"/v1/monitoring", b"/v1/feedback")):
             self._v1_admin(seq, tail, m, path, url[q + 1 :] if q >= 0 else b"", body, headers)
             return
         if path == b"/v1/features/push":  # routed here: it needs the authorization header
@@ -628,6 +628,26 @@ class HttpConnection(asyncio.Protocol):
         POST /v1/routes/reload (admin token): re-read the routing files and re-resolve the
         registry's aliases now; GET /v1/runs[/{id}|/compare?ids=a,b]: experiment runs as JSON."""
         core = self.core
+        if path.startswith(b"/v1/monitoring"):
+            if method not in ("GET", "HEAD"):
+                self._not_allowed(seq, tail, method, _GET)
+                return
+            rest = path[len(b"/v1/monitoring") :].strip(b"/")
+            self._json(seq, tail, 200, core.monitoring(rest.decode("utf-8", "replace") or None), method)
+            return
+        if path == b"/v1/feedback":
+            if method != "POST":
+                self._not_allowed(seq, tail, method, _POST)
+                return
+            try:
+                doc = _parse_object(body, "the feedback")
+                result = core.feedback(doc.get("id"), doc.get("labels"), doc.get("rows"))
+            except ParityError as e:
+                self._error(seq, tail, e, method)
+                return
+            status = {"joined": 200, "partial": 200, "duplicate": 200, "unknown": 404, "expired": 410, "invalid": 400}[result["status"]]
+            self._json(seq, tail, status, result, "POST")
+            return
         if path.startswith(b"/v1/runs"):
             if method not in ("GET", "HEAD"):
                 self._not_allowed(seq, tail, method, _GET)

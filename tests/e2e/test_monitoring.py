@@ -1,0 +1,161 @@
+"""Monitoring end to end, with a real server process and real clients: a model whose version
+carries a reference profile is binned per batch; windows of served traffic drawn like the training
+data do not alarm, a shifted feature alarms in the first window after the shift (metrics, the
+webhook, GET /v1/monitoring, the HTML report); late labels join the logged predictions over HTTP
+and gRPC."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from parity._proto.parity.v1 import monitoring_pb2 as mpb
+from parity._proto.parity.v1 import monitoring_pb2_grpc as mpb_grpc
+from parity.monitoring.profile import build_profile
+from parity.testing.models import mlp_config, mlp_reference, write_config, write_mlp_onnx
+from parity.testing.server import ServerProcess
+
+SIZES = [4, 8, 1]
+WINDOW = 200
+
+
+class Hook(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["content-length"]))
+        Hook.received.append(json.loads(body))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    d = tmp_path_factory.mktemp("monitoring")
+    weights = write_mlp_onnx(d / "models" / "mlp" / "1" / "model.onnx", SIZES, seed=2)
+    write_config(d / "models" / "mlp", mlp_config(SIZES, max_batch_size=64))
+    train = np.random.default_rng(0).standard_normal((5000, 4)).astype(np.float32)
+    profile = build_profile({f"f{i}": train[:, i] for i in range(4)}, {"OUTPUT0": mlp_reference(train, weights)[:, 0]})
+    (d / "models" / "mlp" / "1" / "profile.json").write_text(json.dumps(profile))
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    args = ["--monitor-window-rows", str(WINDOW), "--alert-webhook", f"http://127.0.0.1:{hook.server_port}/alerts"]
+    with ServerProcess(d / "models", *args) as server:
+        yield server, weights, d
+    hook.shutdown()
+    hook.server_close()
+
+
+def send(server, x: np.ndarray, request_id: str = "") -> np.ndarray:
+    client = httpclient.InferenceServerClient(server.http_url)
+    t = httpclient.InferInput("INPUT0", list(x.shape), "FP32")
+    t.set_data_from_numpy(x)
+    return client.infer("mlp", [t], request_id=request_id).as_numpy("OUTPUT0")
+
+
+def monitoring(server) -> dict:
+    with urllib.request.urlopen(f"http://{server.http_url}/v1/monitoring", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def wait_for(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (v := predicate()):
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def test_drift_is_caught_in_the_first_window_after_a_shift_and_not_before(served):
+    server, weights, d = served
+    rng = np.random.default_rng(7)  # a fixed stream: windows and calibration are deterministic
+    for _ in range(5 * WINDOW // 20):  # five windows drawn like the training data
+        send(server, rng.standard_normal((20, 4)).astype(np.float32))
+    entry = wait_for(lambda: (m := monitoring(server)["models"]) and m[0]["windows_closed"]["count"] >= 5 and m[0])
+    assert entry["model"] == "mlp" and entry["version"] == "1" and entry["rows"] >= 5 * WINDOW
+    assert entry["alarms"] == 0, [w["report"].get("drifted") for w in entry["windows"]]
+    assert Hook.received == []
+
+    for _ in range(WINDOW // 20):  # one window with feature f0 shifted by half a standard deviation
+        x = rng.standard_normal((20, 4)).astype(np.float32)
+        x[:, 0] += 0.5
+        send(server, x)
+    entry = wait_for(lambda: (m := monitoring(server)["models"][0])["windows_closed"]["count"] >= 6 and m)
+    assert entry["alarms"] == 1
+    last = [w for w in entry["windows"] if w["kind"] == "count"][-1]["report"]
+    assert last["features"]["f0"]["alarm"] is True
+    assert not any(last["features"][f]["alarm"] for f in ("f1", "f2", "f3"))
+    # the alert: a structured payload at the webhook
+    alert = wait_for(lambda: Hook.received and Hook.received[0])
+    assert alert["alert"]["model"] == "mlp" and "f0" in json.dumps(alert)
+    # the metrics
+    with urllib.request.urlopen(f"http://{server.http_url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert 'parity_drift_alarm{model="mlp",version="1",feature="f0"} 1' in text
+    assert 'parity_drift_alarm{model="mlp",version="1",feature="f1"} 0' in text
+    assert 'parity_monitoring_errors_total{model="mlp",version="1"} 0' in text
+    # the HTML report from the live server
+    out = d / "report.html"
+    proc = subprocess.run([sys.executable, "-m", "parity", "monitor", "report", "--server", f"http://{server.http_url}", "--output", str(out)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    html = out.read_text()
+    assert "<svg" in html and "f0" in html and "mlp" in html
+
+
+def test_late_labels_join_logged_predictions_over_http_and_grpc(served):
+    server, weights, _ = served
+    rng = np.random.default_rng(3)
+    ids = [f"req-{i}" for i in range(40)]
+    scores = {}
+    for rid in ids:
+        scores[rid] = send(server, rng.standard_normal((2, 4)).astype(np.float32), request_id=rid)[:, 0]
+
+    def post(doc):
+        req = urllib.request.Request(f"http://{server.http_url}/v1/feedback", data=json.dumps(doc).encode(), method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            with e:
+                return e.code, json.loads(e.read())
+
+    for rid in ids[:20]:  # labels: the sign of the score, so the rolling RMSE is known exactly
+        status, doc = post({"id": rid, "labels": [float(s > 0) for s in scores[rid]]})
+        assert status == 200 and doc["status"] == "joined" and doc["rows"] == 2, doc
+    assert post({"id": ids[0], "labels": [0.0, 0.0]})[1]["status"] in ("duplicate", "partial")
+    assert post({"id": "never-served", "labels": [1.0]})[0] == 404
+    assert post({"id": ids[1], "labels": ["x"]})[0] == 400
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = mpb_grpc.MonitoringServiceStub(channel)
+        for rid in ids[20:]:
+            r = stub.Feedback(mpb.FeedbackRequest(id=rid, labels=[float(s > 0) for s in scores[rid]]), timeout=10)
+            assert r.status == "joined" and r.joined == 2 and r.model == "mlp"
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Feedback(mpb.FeedbackRequest(id="never-served", labels=[1.0]), timeout=10)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    perf = monitoring(server)["performance"]
+    (mlp,) = [m for m in perf["models"] if m["model"] == "mlp"]
+    assert mlp["labelled_rows_total"] == 80 and mlp["rows"] == 80, mlp
+    # scores are not probabilities: the task is taken as regression, RMSE against the labels
+    preds = np.concatenate([scores[r] for r in ids]).astype(np.float64)
+    labels = (preds > 0).astype(np.float64)
+    assert mlp["task"] == "regression"
+    assert abs(mlp["metrics"]["rmse"] - float(np.sqrt(np.mean((preds - labels) ** 2)))) < 1e-5
