@@ -38,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
         "feature_log_dir": args.feature_log,
         "feature_log_sample_rate": args.feature_log_sample_rate,
         "routes": args.routes,
+        "retraining": args.retraining,
         "registry_db": args.db,
         "registry_artifacts": args.artifacts,
         "registry_poll_secs": args.registry_poll_secs,
@@ -218,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--feature-log", help="skew monitor: log a sample of the feature vectors feature-joined models are given under this directory")
     s.add_argument("--feature-log-sample-rate", type=float, help="the share of rows logged (default 0.01)")
     s.add_argument("--routes", help="serve from the model registry: a directory of routing files, one YAML per endpoint (docs/routing.md)")
+    s.add_argument("--retraining", help="a retraining controller config: sustained drift or degraded performance -> train, gate, canary (docs/monitoring.md)")
     s.add_argument("--db", help="the registry's database (default: $PARITY_DB or sqlite:///.parity/metadata.db)")
     s.add_argument("--artifacts", help="the registry's artifact store (default: $PARITY_ARTIFACTS or .parity/artifacts)")
     s.add_argument("--registry-poll-secs", type=float, help="how often aliases and routing files are checked (default 2)")

@@ -392,6 +392,7 @@ class ServerConfig:
     # registry's database and artifact store (defaults: parity.home), how often aliases and
     # routing files are checked, and where fetched versions are kept (the model repository)
     routes: str = ""
+    retraining: str = ""  # a retraining controller config (parity.retraining.controller); needs routes
     registry_db: str = ""
     registry_artifacts: str = ""
     registry_poll_secs: float = 2.0
@@ -409,7 +410,7 @@ _SERVER_FIELDS = {
     "tls_cert_file": str, "tls_key_file": str, "feature_repository": str, "online_store": str,
     "monitor_window_rows": int, "monitor_time_window_secs": (int, float), "monitor_false_alarm_rate": (int, float),
     "prediction_log_rows": int, "prediction_log_ttl_secs": (int, float), "alert_webhooks": list,
-    "feature_log_dir": str, "feature_log_sample_rate": (int, float), "routes": str, "registry_db": str, "registry_artifacts": str, "registry_poll_secs": (int, float),
+    "feature_log_dir": str, "feature_log_sample_rate": (int, float), "routes": str, "retraining": str, "registry_db": str, "registry_artifacts": str, "registry_poll_secs": (int, float),
 }  # fmt: skip
 
 
@@ -472,6 +473,8 @@ def load_server_config(path: Path | None, overrides: dict[str, Any]) -> ServerCo
         raise ConfigError(source, "max_body_bytes", "must be at least 1024")
     if cfg.monitor_window_rows < 10:
         raise ConfigError(source, "monitor_window_rows", "must be at least 10 rows")
+    if cfg.retraining and not cfg.routes:
+        raise ConfigError(source, "retraining", "needs --routes: the controller rolls new versions out through a routing file's canary")
     if not 0 < cfg.monitor_false_alarm_rate < 0.5:
         raise ConfigError(source, "monitor_false_alarm_rate", "must be within (0, 0.5)")
     if cfg.monitor_time_window_secs <= 0 or cfg.prediction_log_ttl_secs <= 0 or cfg.prediction_log_rows < 0:

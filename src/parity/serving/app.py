@@ -126,6 +126,15 @@ class Server:
         self.core.extra_metrics.append(router.families)
         await router.start()
         self._router = router
+        if cfg.retraining:
+            from parity.retraining.controller import RetrainingConfig, RetrainingController
+
+            controller = RetrainingController(
+                RetrainingConfig.load(cfg.retraining), self.core, open_registry,
+                db=cfg.registry_db or default_db_url(), artifacts=cfg.registry_artifacts or default_artifact_root(), alerter=self.alerter,
+            )  # fmt: skip
+            self.core.retraining = controller
+            controller.start()
 
     async def _poll_forever(self) -> None:
         while True:
@@ -187,6 +196,8 @@ class Server:
             t.cancel()
         grace = self.config.drain_timeout_secs
         await asyncio.gather(*(t.stop(grace) for t in self.transports))
+        if getattr(self.core, "retraining", None) is not None:
+            await self.core.retraining.stop()
         if getattr(self, "_router", None) is not None:
             await self._router.stop()
         if self.core.features is not None:

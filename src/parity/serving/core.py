@@ -128,6 +128,7 @@ class InferenceCore:
         self.features = None  # a parity.features.retrieval.FeatureServer when a feature repository is served
         self.router = None  # a parity.serving.router.Router when serving from the registry (--routes)
         self.prediction_log = None  # a parity.monitoring.performance.PredictionLog (late labels)
+        self.retraining = None  # a parity.retraining.controller.RetrainingController
 
     @staticmethod
     def _build_plan(version: Version) -> None:
@@ -214,7 +215,10 @@ class InferenceCore:
         by_version = {(p.get("model"), str(p.get("version"))): p for p in perf.get("models", [])}
         for e in entries:
             e["performance"] = by_version.get((e["model"], e["version"]))
-        return {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": entries, "performance": perf}
+        doc = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": entries, "performance": perf}
+        if self.retraining is not None:
+            doc["retraining"] = self.retraining.describe()
+        return doc
 
     def finish(self, req: InferRequest, plan: Plan, t0: int, outputs: dict) -> InferResponse:
         self.succeeded(plan, t0)

@@ -907,4 +907,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # a rank under torchrun: everything is written and the process group destroyed; leave
+        # without running C++ static destructors, which can abort ("terminate called without an
+        # active exception") when a runtime's worker threads are torn down at interpreter exit
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
