@@ -127,7 +127,8 @@ def _feature_demo(tmp: Path, models: Path) -> int:
         return 0
     data = tmp / "feature-data"
     _step(f"feature store: writing the example repository's data into {data}")
-    paths = generate(data, seed=0, n_transactions=20_000)  # enough labelled events for a tight promotion gate
+    # enough labelled events for a tight promotion gate, enough users for traffic that looks like them
+    paths = generate(data, seed=0, n_users=2000, n_merchants=2000, n_transactions=20_000)
     end_history_at(paths, datetime.now(timezone.utc) - timedelta(days=1))
     os.environ["PARITY_EXAMPLE_FEATURE_DATA"] = str(data)
     repo = FeatureRepository.load(module)
@@ -309,12 +310,126 @@ def _registry_demo(tmp: Path, module: Path, data: Path, store_url: str) -> int:
             worker.join(10)
             print(f"  answers by version during the rollout: {dict(sorted(seen.items()))}")
             print(f"  fraud@champion is now {registry.resolve('fraud@champion').ref}; the next answer comes from version {one()[0]}")
-        _step("the registry's history of 'fraud' (parity registry history fraud)")
-        for h in registry.history("fraud"):
-            print(f"  {h.at[:19]}  {h.actor:14s} {h.action:12s} v{h.version or '-'}  {h.reason}")
         registry.close()
     print(f"  server exited with status {server.returncode}")
-    return 0 if server.returncode == 0 else 1
+    if server.returncode != 0:
+        return 1
+    return _loop_demo(tmp, module, data, store_url, db, artifacts, routes, base, token)
+
+
+def _loop_demo(tmp: Path, module: Path, data: Path, store_url: str, db: str, artifacts: Path, routes: Path, base: dict, token: str) -> int:
+    """Close the loop: drift in the served traffic -> alarm -> retraining -> gate -> canary ->
+    promotion, unattended; then the story and the registry's history."""
+    import time
+
+    import pandas as pd
+    import tritonclient.grpc as grpcclient
+    import yaml
+
+    from parity.registry import Registry
+
+    training_cfg = tmp / "training.yaml"
+    training_cfg.write_text(yaml.safe_dump(dict(base, registry=dict(base["registry"], alias=None)), sort_keys=False))
+    retraining = tmp / "retraining.yaml"
+    retraining.write_text(yaml.safe_dump({
+        "model": "fraud", "training_config": str(training_cfg), "check_secs": 0.5,
+        "trigger": {"drift_windows": 2}, "limits": {"min_interval_secs": 600, "max_runs_per_day": 2},
+        "gate": {"metric": "roc_auc", "margin": 0.02},
+    }, sort_keys=False))  # fmt: skip
+    events = pd.read_parquet(data / "transactions.parquet").tail(3000)  # recent labelled events: traffic like the training data
+    known_users = set(pd.read_parquet(data / "users.parquet")["user_id"])
+    events = events[events["user_id"].isin(known_users)]
+    _step("closing the loop: serving fraud@champion with drift monitoring and the retraining controller")
+    window = 400
+    with ServerProcess(tmp / "serving-cache-2", "--routes", str(routes), "--db", db, "--artifacts", str(artifacts),
+                       "--feature-repository", str(module), "--online-store", store_url, "--admin-token", token,
+                       "--registry-poll-secs", "0.5", "--monitor-window-rows", str(window), "--retraining", str(retraining)) as server:  # fmt: skip
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        rng = np.random.default_rng(1)
+
+        def batch(drift: bool, n: int = 20) -> None:
+            rows = events.iloc[rng.integers(0, len(events), n)]
+            amount = rows["amount"].to_numpy(dtype=np.float64) * (8.0 if drift else 1.0)
+            inputs = []
+            for name, arr, datatype in (
+                ("user_id", rows["user_id"].to_numpy(dtype=np.int64).reshape(n, 1), "INT64"),
+                ("merchant_id", np.array([m.encode() for m in rows["merchant_id"]], dtype=object).reshape(n, 1), "BYTES"),
+                ("amount", amount.reshape(n, 1), "FP64"),
+                ("hour", rows["hour"].to_numpy(dtype=np.int64).reshape(n, 1), "INT64"),
+            ):
+                t = grpcclient.InferInput(name, [n, 1], datatype)
+                t.set_data_from_numpy(arr)
+                inputs.append(t)
+            try:
+                client.infer("fraud", inputs)
+            except Exception:  # noqa: BLE001 - a batch with an entity without features is refused: fine here
+                pass
+
+        def monitoring() -> dict:
+            return json.loads(urllib.request.urlopen(f"http://{server.http_url}/v1/monitoring", timeout=10).read())
+
+        t0 = time.monotonic()
+        for _ in range(2 * window // 20):
+            batch(drift=False)
+        time.sleep(1.0)
+        doc = monitoring()
+        entry = next((m for m in doc["models"] if m["model"] == "fraud"), None)
+        if entry is not None:
+            print(f"  t={time.monotonic() - t0:5.1f}s  {entry['rows']:,} rows like the training data served; "
+                  f"{entry['windows_closed']['count']} windows tested, {entry['alarms']} drift alarm(s)")  # fmt: skip
+            for w in entry["windows"]:
+                if w["kind"] == "count" and (w["report"].get("alarm") or w["report"].get("drift")):
+                    cols = [k for part in ("features", "outputs") for k, c in (w["report"].get(part) or {}).items() if c.get("alarm")]
+                    print(f"    a window of that traffic drifted in: {', '.join(cols)}")
+        print("  now the world changes: every amount is 8 times larger")
+        closed_before = entry["windows_closed"]["count"] if entry is not None else 0
+        deadline = time.monotonic() + 240
+        seen_alarm = seen_training = False
+        registry = Registry.open(db, artifacts)
+        start_champion = registry.resolve("fraud@champion").version
+        while time.monotonic() < deadline:
+            for _ in range(5):
+                batch(drift=True)
+            doc = monitoring()
+            entry = next((m for m in doc["models"] if m["model"] == "fraud" and m["windows_closed"]["count"] > closed_before), None)
+            last = [w for w in entry["windows"] if w["kind"] == "count"][-1]["report"] if entry is not None else {}
+            if (last.get("alarm") or last.get("drift")) and not seen_alarm:
+                seen_alarm = True
+                drifted = [k for part in ("features", "outputs") for k, c in (last.get(part) or {}).items() if c.get("alarm")]
+                print(f"  t={time.monotonic() - t0:5.1f}s  DRIFT ALARM on fraud/{entry['version']}: {', '.join(drifted)}")
+                metrics = urllib.request.urlopen(f"http://{server.http_url}/metrics", timeout=10).read().decode()
+                for line in metrics.splitlines():
+                    if line.startswith("parity_drift_alarm{") and line.endswith(" 1"):
+                        print(f"    {line}")
+                from parity.monitoring.report import render_report
+
+                (tmp / "monitoring-report.html").write_text(render_report(doc))
+                print(f"    report: {tmp / 'monitoring-report.html'} (parity monitor report --server http://{server.http_url})")
+            runs = (doc.get("retraining") or {}).get("runs") or []
+            if runs and not seen_training:
+                seen_training = True
+                print(f"  t={time.monotonic() - t0:5.1f}s  the controller started retraining: {runs[-1]['evidence']['trigger']} "
+                      f"over {runs[-1]['evidence'].get('windows')} windows")  # fmt: skip
+            if registry.resolve("fraud@champion").version != start_champion:
+                break
+            if runs and runs[-1].get("outcome") in ("training failed", "gate failed") or (runs and str(runs[-1].get("outcome", "")).startswith("error")):
+                break
+            time.sleep(0.2)
+        runs = (monitoring().get("retraining") or {}).get("runs") or []
+        for r in runs:
+            print(f"  retraining run: {r.get('outcome')}; {r.get('gate', '')}")
+            for step, at in r.get("steps", []):
+                print(f"    +{at:5.1f}s  {step}")
+        champion = registry.resolve("fraud@champion")
+        print(f"  t={time.monotonic() - t0:5.1f}s  fraud@champion is {champion.ref}"
+              f"{' (promoted by the canary rules)' if champion.version != start_champion else ''}")  # fmt: skip
+        _step("the registry's history of 'fraud' (parity registry history fraud)")
+        for h in registry.history("fraud"):
+            print(f"  {h.at[:19]}  {h.actor:17s} {h.action:14s} v{h.version or '-'}  {h.reason[:90]}")
+        registry.close()
+        closed = champion.version != start_champion
+    print(f"  server exited with status {server.returncode}")
+    return 0 if server.returncode == 0 and closed else 1
 
 
 def _joined_inference_demo(server, users, merchants, training, names, weights) -> bool:

@@ -131,7 +131,9 @@ def test_registered_version_has_lineage_signature_profile_and_tags(first, store,
         for p in list(prof["features"].values()) + list(prof["outputs"].values()):
             total = sum(p["counts"]) if p["kind"] == "numeric" else sum(t["count"] for t in p["top"]) + p["other"]
             assert total + p["missing"] == prof["rows"]
-        assert prof["features"]["transaction_features__risky_merchant"]["kind"] == "categorical"
+        # profiled as the model sees them (the float32 input matrix): a boolean feature is 0.0 / 1.0
+        risky = prof["features"]["transaction_features__risky_merchant"]
+        assert risky["kind"] == "numeric" and risky["dtype"] == "float32" and risky["min"] == 0.0 and risky["max"] == 1.0
         assert prof["features"]["merchant_profile__risk_score"]["missing"] > 0  # NaN risk scores are counted as missing
         assert json.loads(Path(first.profile_path).read_text()) == prof
         # the stored ONNX file is the one the run wrote

@@ -76,6 +76,7 @@ class FeatureStage:
                 f"'{service.name}' has {width} features; the model must take [batch, {width}]",
             )  # fmt: skip
         self.dtype = DTYPES[target.datatype]
+        self._nan_fill = self.dtype.kind == "f"
         dtypes = _feature_dtypes(repo, plan.refs)
         for (view, feat), dt in zip(plan.refs, dtypes):
             if dt == "string":
@@ -200,6 +201,8 @@ class FeatureStage:
                 missing |= nulls
                 if self.defaults is not None:
                     matrix[nulls, j] = self.defaults[j]
+                elif self._nan_fill:
+                    matrix[nulls, j] = np.nan  # a rejected row: missing for the monitoring tap, never answered
         out = [matrix if i < 0 else inputs[i] for i in self._model_order]
         reject = None
         defaulted = 0

@@ -51,7 +51,8 @@ from parity.serving.routes import Route, load_routes, split_ref
 log = logging.getLogger("parity.router")
 
 ACTOR = "parity-server"
-CLIENT_ERRORS = ("cancelled",)  # failures that say nothing about a version
+# failures that say nothing about a version: a client that went away, an entity without features
+CLIENT_ERRORS = ("cancelled", "not_found")
 
 
 @dataclass
@@ -452,6 +453,10 @@ class Router:
         v = dep.canary_version
         s = dep.canary
         if v is None:
+            return
+        if any(self._version(ref) is v for ref, _ in dep.route.targets):
+            if s.version != v.number:  # the canary is a version the targets already serve: nothing to roll out
+                s.version, s.step, s.state, s.last = v.number, -1, "idle", {"note": "the canary reference is a version the targets serve"}
             return
         if s.version != v.number:
             s.version, s.step, s.state, s.since, s.last = v.number, 0, "stepping", time.monotonic(), {}

@@ -692,14 +692,17 @@ def _finish(cfg: TrainConfig, dist: _Dist, progress: _Progress, prep: dict, mlp,
     run.log_metrics({"export/max_abs_diff": check.max_abs_diff}, step=0)
 
     progress.step(7, f"computing the reference profile ({cfg.profile.rows} rows)")
-    parts = {"all": [data.train_table, data.hold_table], "train": [data.train_table], "holdout": [data.hold_table]}[cfg.profile.rows]
-    prof_table = pa.concat_tables(parts)
     if cfg.profile.rows == "holdout":
         prof_scores = ort_hold
     else:
         train_scores = onnx_predict(onnx_path, data.x_train)
         prof_scores = train_scores if cfg.profile.rows == "train" else np.concatenate([train_scores, ort_hold])
-    profile = build_profile({name: prof_table.column(name) for name in data.features}, {cfg.export.output_name: prof_scores.reshape(-1)},
+    # profiled as the model sees them -- the float32 input matrix the server assembles too -- so
+    # served values fall into the same bins (a float64 value on a bin edge may round below it in
+    # float32: profiling the float64 columns would show drift that is only a cast)
+    xs = {"all": [data.x_train, data.x_hold], "train": [data.x_train], "holdout": [data.x_hold]}[cfg.profile.rows]
+    x_prof = np.concatenate(xs) if len(xs) > 1 else xs[0]
+    profile = build_profile({name: x_prof[:, j] for j, name in enumerate(data.features)}, {cfg.export.output_name: prof_scores.reshape(-1)},
                             bins=cfg.profile.bins, top_k=cfg.profile.top_k)  # fmt: skip
     profile_path = out / "profile.json"
     profile_path.write_text(json.dumps(profile, indent=1, allow_nan=False) + "\n")
