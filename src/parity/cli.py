@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-key", help="PEM private key of --tls-cert")
     s.add_argument("--feature-repository", help="a feature repository module: serves POST /v1/features/online")
     s.add_argument("--online-store", help="sqlite:///PATH (default ./parity_online.db) or redis://HOST:PORT/DB?prefix=P")
-    s.add_argument("--monitor-window-rows", type=int, help="drift monitoring: rows per count window (default 1000)")
+    s.add_argument("--monitor-window-rows", type=int, help="drift monitoring: rows per count window (default 5000)")
     s.add_argument("--monitor-time-window-secs", type=float, help="drift monitoring: seconds per time window (default 300)")
     s.add_argument("--monitor-false-alarm-rate", type=float, help="drift monitoring: false alarms per window (default 0.01)")
     s.add_argument("--alert-webhook", action="append", help="POST every alarm to this URL (repeat for more)")

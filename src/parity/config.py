@@ -382,7 +382,7 @@ class ServerConfig:
     # false-alarm rate; predictions of requests with an id are logged (up to prediction_log_rows
     # rows, for prediction_log_ttl_secs) to be joined with late labels (POST /v1/feedback);
     # alarms go to the log and to each alert webhook
-    monitor_window_rows: int = 1000
+    monitor_window_rows: int = 5000
     monitor_time_window_secs: float = 300.0
     monitor_false_alarm_rate: float = 0.01
     prediction_log_rows: int = 200_000

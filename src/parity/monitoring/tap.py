@@ -37,6 +37,7 @@ import numpy as np
 log = logging.getLogger("parity.monitoring")
 
 _EVALUATOR = None  # one background thread for every version's window tests
+FLUSH_ROWS = 256  # batches are gathered up to this many rows, then counted in one pass
 _EVALUATOR_LOCK = threading.Lock()
 
 
@@ -50,7 +51,7 @@ def _evaluator() -> ThreadPoolExecutor:
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    window_rows: int = 1000
+    window_rows: int = 5000
     time_window_secs: float = 300.0
     false_alarm_rate: float = 0.01
     correction: str = "bh"
@@ -68,8 +69,18 @@ class VersionMonitor:
         self.input_index = input_index
         self.outputs = output_names  # profile outputs the model has
         self._new = lambda: Counts.for_profile(profile)
+        # Each batch is counted once, into the count window.  The time window is made of count
+        # windows: the counts of the count windows closed since it opened (`time_acc`) plus, when
+        # it closes, what the open count window gained since then (current - `time_included`).
         self.count_window = self._new()
-        self.time_window = self._new()
+        self.time_acc = self._new()
+        self.time_included = self._new()
+        self._single_output = len(output_names) == 1 and output_names == list(profile.get("output_names") or [])
+        # small batches are gathered and counted together (one compiled pass per FLUSH_ROWS rows:
+        # the per-call overhead of counting is paid once, not per batch)
+        self._pending: list = []
+        self._pending_rows = 0
+        self._n_features = len(profile.get("feature_names") or profile.get("features") or {})
         self.time_started = time.time()
         self.count_started = time.time()
         self.lock = threading.Lock()
@@ -89,30 +100,67 @@ class VersionMonitor:
             x = inputs[self.input_index]
             if x.ndim == 1:
                 x = x.reshape(-1, 1)
+            if x.ndim != 2 or x.shape[1] != self._n_features:  # checked here: a gathered batch must be countable
+                raise ValueError(f"the monitored input has shape {list(x.shape)}; the profile has {self._n_features} features")
             outs = None
-            if self.outputs:
+            if self._single_output:  # one output column: counted as a [rows, 1] block, one compiled pass
+                name = self.outputs[0]
+                for n, arr in zip(output_names, results):
+                    if n == name:
+                        outs = arr.reshape(arr.shape[0], -1)[:, :1]
+                        if outs.shape[0] != x.shape[0]:
+                            raise ValueError(f"output {name} has {outs.shape[0]} rows for {x.shape[0]} input rows")
+            elif self.outputs:
                 outs = {}
                 for name, arr in zip(output_names, results):
                     if name in self.outputs:
                         outs[name] = arr.reshape(arr.shape[0], -1)[:, 0] if arr.ndim > 1 else arr
             closed = []
             with self.lock:
-                self.count_window.add(features=x, outputs=outs)
-                self.time_window.add(features=x, outputs=outs)
-                self.rows += x.shape[0]
+                rows = x.shape[0]
+                self.rows += rows
+                if outs is None or not isinstance(outs, dict):
+                    self._pending.append((x, outs))
+                    self._pending_rows += rows
+                    if self._pending_rows < FLUSH_ROWS and self.count_window.rows + self._pending_rows < self.config.window_rows:
+                        now = time.time()
+                        if now - self.time_started < self.config.time_window_secs:
+                            return
+                    self._flush()
+                else:
+                    self._flush()
+                    self.count_window.add(features=x, outputs=outs)
                 now = time.time()
                 if self.count_window.rows >= self.config.window_rows:
-                    closed.append(("count", self.count_window, self.count_started, now))
-                    self.count_window, self.count_started = self._new(), now
-                if now - self.time_started >= self.config.time_window_secs and self.time_window.rows:
-                    closed.append(("time", self.time_window, self.time_started, now))
-                    self.time_window, self.time_started = self._new(), now
+                    done = self.count_window
+                    closed.append(("count", done, self.count_started, now))
+                    self.time_acc += _minus(done, self.time_included)
+                    self.count_window, self.count_started, self.time_included = self._new(), now, self._new()
+                if now - self.time_started >= self.config.time_window_secs:
+                    window = self.time_acc
+                    window += _minus(self.count_window, self.time_included)
+                    if window.rows:
+                        closed.append(("time", window, self.time_started, now))
+                    self.time_included = self.count_window.copy()
+                    self.time_acc, self.time_started = self._new(), now
             for kind, counts, start, end in closed:
                 _evaluator().submit(self._evaluate, kind, counts, start, end)
         except Exception:  # noqa: BLE001 - monitoring never fails a request
             self.errors += 1
             if self.errors <= 3 or self.errors % 1000 == 0:
                 log.exception("monitoring %s/%s: a batch could not be counted (%d so far)", self.model, self.version, self.errors)
+
+    def _flush(self) -> None:
+        """Count the gathered batches (under the lock)."""
+        pending, self._pending, self._pending_rows = self._pending, [], 0
+        if not pending:
+            return
+        if len(pending) == 1:
+            x, outs = pending[0]
+        else:
+            x = np.concatenate([p[0] for p in pending])
+            outs = None if pending[0][1] is None else np.concatenate([p[1] for p in pending])
+        self.count_window.add(features=x, outputs=outs)
 
     # -- closed windows (background thread) --------------------------------------------------------
 
@@ -122,10 +170,8 @@ class VersionMonitor:
         try:
             cal = calibrate(self.profile, self.config.window_rows, self.config.false_alarm_rate)
             report = evaluate_window(self.profile, counts, cal, self.drift_config)
-            entry = {
-                "kind": kind, "rows": int(counts.rows), "start": _iso(start), "end": _iso(end),
-                "report": report.to_monitoring_dict(), "counts": counts.to_dict(),
-            }  # fmt: skip
+            # the report's detail is built when someone asks for it (GET /v1/monitoring, an alarm)
+            entry = _Window(kind, int(counts.rows), _iso(start), _iso(end), report)
         except Exception:  # noqa: BLE001
             self.errors += 1
             log.exception("monitoring %s/%s: a %s window could not be tested", self.model, self.version, kind)
@@ -157,7 +203,7 @@ class VersionMonitor:
             for kind in ("count", "time"):
                 ws = list(self.windows[kind])
                 windows += ws[-1:] if latest_only else ws
-            current = {"count": int(self.count_window.rows), "time": int(self.time_window.rows)}
+            current = {"count": int(self.count_window.rows), "time": int(self.time_acc.rows + self.count_window.rows - self.time_included.rows)}
         return {
             "model": self.model, "version": self.version, "rows": self.rows, "errors": self.errors,
             "windows_closed": dict(self.closed), "alarms": self.alarms, "open_windows": current,
@@ -166,8 +212,34 @@ class VersionMonitor:
         }  # fmt: skip
 
 
-def _public(window: dict) -> dict:
-    return {k: v for k, v in window.items() if k != "counts"}
+class _Window:
+    """A tested window; its JSON is made on first use and kept."""
+
+    __slots__ = ("kind", "rows", "start", "end", "report", "_doc")
+
+    def __init__(self, kind, rows, start, end, report):
+        self.kind, self.rows, self.start, self.end, self.report = kind, rows, start, end, report
+        self._doc = None
+
+    def doc(self) -> dict:
+        if self._doc is None:
+            self._doc = {"kind": self.kind, "rows": self.rows, "start": self.start, "end": self.end, "report": self.report.to_monitoring_dict()}
+        return self._doc
+
+
+def _public(window) -> dict:
+    return window.doc()
+
+
+def _minus(a, b):
+    """a - b for counts of one profile (b counted earlier into the same window as a)."""
+    out = a.copy()
+    out.bins -= b.bins
+    out.missing -= b.missing
+    out.below -= b.below
+    out.above -= b.above
+    out.rows -= b.rows
+    return out
 
 
 def _iso(t: float) -> str:
@@ -227,7 +299,7 @@ def families(monitors: list[VersionMonitor]) -> list:
             latest = m.windows["count"][-1] if m.windows["count"] else None
         if latest is None:
             continue
-        report = latest["report"]
+        report = latest.doc()["report"]
         for part in ("features", "outputs"):
             for name, col in (report.get(part) or {}).items():
                 flab = lab + (("feature", name),)
