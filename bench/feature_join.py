@@ -150,6 +150,7 @@ def start_server(models: Path, module: Path, url: str, work: Path) -> tuple[subp
          "--http-port", str(http), "--grpc-port", str(grpc), "--feature-repository", str(module), "--online-store", url],
         stdout=logfile, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
     )  # fmt: skip
+    proc.log_file = logfile  # closed with the server
     target = Target("parity", http_port=http, grpc_port=grpc, pid=proc.pid)
     deadline = time.monotonic() + 120
     while not target.is_ready():
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         if proc is not None:
             proc.terminate()
             proc.wait(30)
+            proc.log_file.close()
         import redis
 
         with redis.Redis.from_url(args.redis) as r:

@@ -98,6 +98,7 @@ def main(argv=None) -> int:
         if proc is not None:
             proc.terminate()
             proc.wait(30)
+            logf.close()
         shutil.rmtree(work, ignore_errors=True)
     plain = statistics.median(r["throughput"] for r in runs["mlp32"])
     monitored = statistics.median(r["throughput"] for r in runs["mlp32_monitored"])
