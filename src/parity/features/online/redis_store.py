@@ -77,6 +77,17 @@ def _keys(prefix: str, requests: list[tuple[str, list[str]]]) -> list[str]:
     return keys
 
 
+def _per_request(requests: list[tuple[str, list[str]]], values: list) -> list[list]:
+    """One MGET's values split back into the requests' lists, in order."""
+    if len(requests) == 1:
+        return [values]
+    out, pos = [], 0
+    for _, ids in requests:
+        out.append(values[pos : pos + len(ids)])
+        pos += len(ids)
+    return out
+
+
 def _mget_command(prefix: str, requests: list[tuple[str, list[str]]]) -> bytes:
     """The RESP bytes of one MGET of the keys of `requests`, exactly as hiredis packs them.  Keys
     (`<prefix>:{<id>}:<view>`) are ASCII, so a key's byte length is its length, and the keys of a
@@ -302,13 +313,7 @@ class RedisOnlineStore(OnlineStore):
             raise self._fail(e) from e
         except ResponseError as e:
             raise ParityError(f"the online store {self.url} refused a read: {e}") from e
-        if len(requests) == 1:
-            return [values]
-        out, pos = [], 0
-        for _, ids in requests:
-            out.append(values[pos : pos + len(ids)])
-            pos += len(ids)
-        return out
+        return _per_request(requests, values)
 
     async def _read_async(self, requests: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
         """One MGET on the event loop's own pipelined connection (`resp.AsyncRedis`): no thread
@@ -336,13 +341,7 @@ class RedisOnlineStore(OnlineStore):
             ) from None
         if not isinstance(values, list):
             raise ParityError(f"the online store {self.url} refused a read: {values}")
-        if len(requests) == 1:
-            return [values]
-        out, pos = [], 0
-        for _, ids in requests:
-            out.append(values[pos : pos + len(ids)])
-            pos += len(ids)
-        return out
+        return _per_request(requests, values)
 
     async def close_async(self) -> None:
         import asyncio
