@@ -1,0 +1,105 @@
+"""The retraining controller's failure path, with a real server, registry and training process:
+sustained drift starts `parity train` in its own process; when training fails, production is
+untouched (the champion keeps serving, no alias moves), the audit log records retrain.start and
+retrain.failed with the error, and an alert reaches the webhook.  The success path (train, gate,
+canary, promotion) runs in `make demo` (tests/e2e/test_demo.py)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import tritonclient.http as httpclient
+import yaml
+
+from parity.monitoring.profile import build_profile
+from parity.registry import Registry
+from parity.testing.models import mlp_reference, write_mlp_onnx
+from parity.testing.server import ServerProcess
+
+
+class Hook(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802
+        Hook.received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_failed_retraining_leaves_production_untouched_and_alerts(tmp_path):
+    db, artifacts = f"sqlite:///{tmp_path / 'meta.db'}", tmp_path / "artifacts"
+    weights = write_mlp_onnx(tmp_path / "m.onnx", [4, 8, 1], seed=1)
+    train = np.random.default_rng(0).standard_normal((4000, 4)).astype(np.float32)
+    profile = build_profile({f"f{i}": train[:, i] for i in range(4)}, {"OUTPUT0": mlp_reference(train, weights)[:, 0]})
+    with Registry.open(db, artifacts) as reg:
+        v1 = reg.register("fraud", {"model.onnx": tmp_path / "m.onnx"}, profile=profile, actor="test").version
+        reg.set_alias("fraud", "champion", v1, actor="test", reason="first")
+    routes = tmp_path / "routes"
+    routes.mkdir()
+    (routes / "fraud.yaml").write_text("serving: {max_batch_size: 64, dynamic_batching: {}}\ntargets:\n  - {model: fraud@champion}\n")
+    # a training config that cannot work: its label file does not exist
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump({
+        "features": {"repository": str(tmp_path / "no_repo.py"), "service": "x"},
+        "labels": {"path": str(tmp_path / "missing.parquet"), "label": "y"},
+        "registry": {"model": "fraud"},
+    }))  # fmt: skip
+    (tmp_path / "retraining.yaml").write_text(yaml.safe_dump({
+        "model": "fraud", "training_config": "train.yaml", "check_secs": 0.2,
+        "trigger": {"drift_windows": 1}, "limits": {"min_interval_secs": 3600, "max_runs_per_day": 1},
+    }))  # fmt: skip
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        args = ["--routes", str(routes), "--db", db, "--artifacts", str(artifacts), "--registry-poll-secs", "0.3",
+                "--monitor-window-rows", "200", "--retraining", str(tmp_path / "retraining.yaml"),
+                "--alert-webhook", f"http://127.0.0.1:{hook.server_port}/"]  # fmt: skip
+        with ServerProcess(tmp_path / "cache", *args) as server:
+            client = httpclient.InferenceServerClient(server.http_url)
+            rng = np.random.default_rng(5)
+
+            def send(shift: float) -> str:
+                x = rng.standard_normal((20, 4)).astype(np.float32) + shift
+                t = httpclient.InferInput("INPUT0", [20, 4], "FP32")
+                t.set_data_from_numpy(x)
+                return client.infer("fraud", [t]).get_response()["model_version"]
+
+            def runs() -> list:
+                with urllib.request.urlopen(f"http://{server.http_url}/v1/monitoring", timeout=10) as r:
+                    return json.loads(r.read())["retraining"]["runs"]
+
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not any(r.get("outcome") for r in runs()):
+                assert send(shift=1.0) == "1"  # shifted traffic: drift; answers keep coming from version 1
+                time.sleep(0.02)
+            (run,) = runs()
+            assert run["outcome"] == "training failed" and run["evidence"]["trigger"] == "drift"
+            for _ in range(5):
+                assert send(shift=0.0) == "1"  # production untouched
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(a["alert"]["name"] == "retraining_failed" for a in Hook.received):
+                time.sleep(0.05)
+            alert = next(a["alert"] for a in Hook.received if a["alert"]["name"] == "retraining_failed")
+            assert alert["model"] == "fraud" and alert["severity"] == "critical"
+            # the limits hold: one run a day, however long the drift lasts
+            for _ in range(30):
+                send(shift=1.0)
+            time.sleep(1.0)
+            assert len(runs()) == 1
+    finally:
+        hook.shutdown()
+        hook.server_close()
+    with Registry.open(db, artifacts) as reg:
+        assert reg.resolve("fraud@champion").version == v1 and [v.version for v in reg.versions("fraud")] == [v1]
+        actions = [(h.action, h.actor) for h in reg.history("fraud")]
+        assert ("retrain.start", "parity-retrainer") in actions and ("retrain.failed", "parity-retrainer") in actions
+        failed = next(h for h in reg.history("fraud") if h.action == "retrain.failed")
+        assert "missing.parquet" in failed.evidence["error"] or "no_repo" in failed.evidence["error"]
