@@ -129,6 +129,7 @@ class InferenceCore:
         self.router = None  # a parity.serving.router.Router when serving from the registry (--routes)
         self.prediction_log = None  # a parity.monitoring.performance.PredictionLog (late labels)
         self.retraining = None  # a parity.retraining.controller.RetrainingController
+        self.slo = None  # a parity.monitoring.performance.SloTracker
 
     @staticmethod
     def _build_plan(version: Version) -> None:
@@ -213,9 +214,12 @@ class InferenceCore:
         entries = [m.entry() for m in self.monitors() if model is None or m.model == model]
         perf = self.prediction_log.summary() if self.prediction_log is not None else {}
         by_version = {(p.get("model"), str(p.get("version"))): p for p in perf.get("models", [])}
+        slo = {(r.get("model"), str(r.get("version"))): r for r in (self.slo.report() if self.slo is not None else [])}
         for e in entries:
             e["performance"] = by_version.get((e["model"], e["version"]))
-        doc = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": entries, "performance": perf}
+            e["slo"] = slo.get((e["model"], e["version"]))
+        doc = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": entries, "performance": perf,
+               "slo": self.slo.report() if self.slo is not None else []}  # fmt: skip
         if self.retraining is not None:
             doc["retraining"] = self.retraining.describe()
         return doc
