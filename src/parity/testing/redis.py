@@ -77,15 +77,15 @@ def cluster_ports(n: int) -> list[int]:
             s.close()
 
 
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): SIGKILL when the process that started it dies, so a test
-    run killed outright leaves no redis-server behind."""
-    try:
-        import ctypes
+def _die_with_parent() -> list[str]:
+    """A command prefix (Linux, util-linux's setpriv): the server gets SIGKILL when the process
+    that started it dies, so a test run killed outright leaves no redis-server behind.  setpriv
+    execs the server, so no Python runs between fork and exec (a preexec_fn in a process with
+    threads can crash or deadlock the child).  Elsewhere: [] (teardown alone stops it)."""
+    import shutil
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: teardown alone stops it
-        pass
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    return [setpriv, "--pdeathsig", "KILL"] if setpriv else []
 
 
 def _binary(name: str) -> str:
@@ -127,9 +127,9 @@ def start_redis(port: int, workdir: str | Path, *extra: str, timeout: float = 10
     log = Path(workdir) / f"redis-{port}.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(workdir), *extra],
-            stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            [*_die_with_parent(), _binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(workdir), *extra],
+            stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
         wait_for_ping(port, proc, timeout)
