@@ -37,6 +37,14 @@ API
   disable the check for a feature); infinities count too.  ``count_unchecked`` skips the argument
   checks for callers that validated their reused arrays once (``parity.monitoring.drift.Counts``).
 
+``WindowBinner(columns)`` -- every column of a window (numeric and categorical codes, features and
+  outputs) prepared once; ``count(a0, a1, counts, missing, below, above)`` counts two numeric 2-D
+  batches in one compiled call (what ``parity.monitoring.drift.Counts.add`` uses for numeric
+  arrays).  Per column the values are copied once into a contiguous float64 buffer; with up to 24
+  edges (32 category keys) each bin count is then a vectorised reduction over the rows
+  (``#{v >= edge}`` differences, ``#{v == key}``), with more a binary search per value.  The counts
+  are exactly those of ``NumericBinner`` / ``CategoryIndex``.
+
 ``CategoryIndex(top_values)`` -- the profile's top-k values mapped to ``0..k-1``, ``k`` = "other"::
 
     index = CategoryIndex(["FR", "DE", "US"])
@@ -269,6 +277,143 @@ class NumericBinner:
 
 
 @njit(cache=True, nogil=True)
+def _count_window(feat, outp, src, col, kind, tgt, nedge, padded, edges, offsets, lo, hi,
+                  keys, kbins, koff, other, counts, missing, below, above):
+    # A whole window batch in one compiled pass per column (columns outer).  Column c is column
+    # col[c] of feat (src 0) or outp (src 1), counted into row tgt[c].  The column is first copied
+    # into a contiguous float64 buffer; then, with few edges/keys, every count is a SIMD-friendly
+    # reduction over the rows instead of a scatter per value:
+    #   numeric (kind 0): with G(e) = #{v >= e} (NaN never compares true) and strictly increasing
+    #   edges, bin b (= the number of edges <= v) holds G(e_b) - G(e_b+1), bin 0 the present values
+    #   minus G(e_1); below/above are #{v < lo} / #{v > hi} (a NaN bound counts nothing) -- exactly
+    #   the per-value rule of `_tally`.  More than 24 edges: a binary search per value.
+    #   categorical (kind 1): keys[koff[c]:koff[c+1]] sorted and distinct; key e's bin gets
+    #   #{v == key}, "other" the present values no key matched (`_count_codes`'s rule); more than
+    #   32 keys: a binary search per value.
+    nbuf = max(feat.shape[0], outp.shape[0])
+    buf = np.empty(nbuf)
+    wide = padded.shape[1] == 0
+    for c in range(src.shape[0]):
+        a = feat if src[c] == 0 else outp
+        j = col[c]
+        t = tgt[c]
+        n = a.shape[0]
+        present = 0
+        for i in range(n):
+            v = np.float64(a[i, j])
+            buf[i] = v
+            present += v == v
+        missing[t] += n - present
+        if kind[c] == 0:
+            ne = nedge[c]
+            if not wide:
+                prev = present
+                for e in range(ne):
+                    x = padded[c, e]
+                    g = 0
+                    for i in range(n):
+                        g += buf[i] >= x
+                    counts[t, e] += prev - g
+                    prev = g
+                counts[t, ne] += prev
+            else:
+                for i in range(n):
+                    v = buf[i]
+                    if v == v:
+                        counts[t, _search(edges, offsets[c], offsets[c + 1], v)] += 1
+            l = lo[c]
+            h = hi[c]
+            bl = 0
+            ab = 0
+            for i in range(n):
+                bl += buf[i] < l
+                ab += buf[i] > h
+            below[t] += bl
+            above[t] += ab
+        else:
+            k0 = koff[c]
+            k1 = koff[c + 1]
+            oth = other[c]
+            if k1 - k0 <= 32:
+                matched = 0
+                for e in range(k0, k1):
+                    x = keys[e]
+                    m = 0
+                    for i in range(n):
+                        m += buf[i] == x
+                    counts[t, kbins[e]] += m
+                    matched += m
+                counts[t, oth] += present - matched
+            else:
+                for i in range(n):
+                    v = buf[i]
+                    if v != v:
+                        continue
+                    x = k0
+                    y = k1
+                    while x < y:
+                        mid = (x + y) >> 1
+                        if keys[mid] < v:
+                            x = mid + 1
+                        else:
+                            y = mid
+                    if x < k1 and keys[x] == v:
+                        counts[t, kbins[x]] += 1
+                    else:
+                        counts[t, oth] += 1
+
+
+class WindowBinner:
+    """Every column of a window (numeric and categorical, features and outputs) prepared once for
+    counting numeric 2-D batches in one compiled pass (``parity.monitoring.drift.Counts``).
+
+    ``columns``: per output row ``t`` (in order), ``(source, batch_column, spec)`` with ``source``
+    0 or 1 (which of the two batches), and ``spec`` either ``("numeric", edges, lo, hi)`` or
+    ``("categorical", CategoryIndex)``.  ``count(a0, a1, counts, missing, below, above)`` adds
+    (``a0``/``a1``: float32/float64 2-D, already checked; pass a ``[rows, 0]`` array for an absent
+    source)."""
+
+    def __init__(self, columns: Sequence):
+        nc = len(columns)
+        self.src = np.array([c[0] for c in columns], dtype=np.int64)
+        self.col = np.array([c[1] for c in columns], dtype=np.int64)
+        self.kind = np.array([0 if c[2][0] == "numeric" else 1 for c in columns], dtype=np.int64)
+        self.tgt = np.arange(nc, dtype=np.int64)
+        num_edges = [check_edges(tuple(float(x) for x in c[2][1])) if c[2][0] == "numeric" else np.zeros(0) for c in columns]
+        self.nedge = np.array([len(e) for e in num_edges], dtype=np.int64)
+        self.offsets = np.zeros(nc + 1, dtype=np.int64)
+        if nc:
+            self.offsets[1:] = np.cumsum(self.nedge)
+        self.edges = np.ascontiguousarray(np.concatenate(num_edges) if nc else np.zeros(0), dtype=np.float64)
+        width = int(self.nedge.max()) if nc else 0
+        self.padded = np.full((nc, width if 0 < width <= 24 else 0), np.inf)
+        if self.padded.shape[1]:
+            for c, e in enumerate(num_edges):
+                self.padded[c, : len(e)] = e
+        nan = float("nan")
+        self.lo = np.array([nan if c[2][0] != "numeric" or c[2][2] is None else float(c[2][2]) for c in columns], dtype=np.float64)
+        self.hi = np.array([nan if c[2][0] != "numeric" or c[2][3] is None else float(c[2][3]) for c in columns], dtype=np.float64)
+        keys, kbins, koff, other = [], [], [0], []
+        for c in columns:
+            if c[2][0] == "numeric":
+                other.append(0)
+            else:
+                idx = c[2][1]
+                keys.extend(idx._num_keys.tolist())
+                kbins.extend(idx._num_bins.tolist())
+                other.append(idx.n_bins - 1)
+            koff.append(len(keys))
+        self.keys = np.array(keys, dtype=np.float64)
+        self.kbins = np.array(kbins, dtype=np.int64)
+        self.koff = np.array(koff, dtype=np.int64)
+        self.other = np.array(other, dtype=np.int64)
+
+    def count(self, a0, a1, counts, missing, below, above) -> None:
+        _count_window(a0, a1, self.src, self.col, self.kind, self.tgt, self.nedge, self.padded, self.edges, self.offsets,
+                      self.lo, self.hi, self.keys, self.kbins, self.koff, self.other, counts, missing, below, above)  # fmt: skip
+
+
+@njit(cache=True, nogil=True)
 def _count_codes(values, keys, bins, other, out):
     # keys sorted ascending (float64), bins[i] the bin of keys[i]; returns the NaN count
     missing = 0
@@ -391,4 +536,4 @@ class CategoryIndex:
         return missing
 
 
-__all__ = ["CategoryIndex", "NumericBinner", "bin_counts"]
+__all__ = ["CategoryIndex", "NumericBinner", "WindowBinner", "bin_counts"]

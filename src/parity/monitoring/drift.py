@@ -122,7 +122,7 @@ import numpy as np
 from numba import njit
 from scipy import special
 
-from parity.kernels.binning import CategoryIndex, NumericBinner
+from parity.kernels.binning import CategoryIndex, NumericBinner, WindowBinner
 
 STATISTICS = ("psi", "js", "chi2", "ks")
 PSI_EPSILON = 1e-4
@@ -163,6 +163,7 @@ class Layout:
         for i, (k, cp) in enumerate(zip(self.kinds, self.col_profiles)):
             c = cp["counts"] if k == "numeric" else [t["count"] for t in cp["top"]] + [cp["other"]]
             self.ref_counts[i, : len(c)] = c
+        self.ref_counts_f = np.ascontiguousarray(self.ref_counts, dtype=np.float64)
         self.ref_missing = np.array([cp["missing"] for cp in self.col_profiles], dtype=np.int64)
         self.ref_rows = np.array([cp["rows"] for cp in self.col_profiles], dtype=np.int64)
         # one binner per part over its numeric columns, category indexes for the rest
@@ -198,6 +199,15 @@ class Layout:
             for i, cp in enumerate(self.col_profiles)
             if self.kinds[i] == "categorical"
         }
+        # every column of a window in one compiled pass (numeric 2-D batches): features source 0,
+        # outputs source 1, each column at its position within its part
+        self.window_binner = WindowBinner([
+            (0 if part == "features" else 1, self.part_cols[part].index(i),
+             ("numeric", cp["edges"], cp.get("min"), cp.get("max")) if self.kinds[i] == "numeric"
+             else ("categorical", self.categories[i]))
+            for i, ((part, _), cp) in enumerate(zip(self.columns, self.col_profiles))
+        ])  # fmt: skip
+        self.part_width = {part: len(idx) for part, idx in self.part_cols.items()}
 
     def testable_mask(self, statistics: tuple[str, ...], include_outputs: bool) -> np.ndarray:
         """[columns, 4] bool: which (column, statistic) tests a window runs (ks on numeric only)."""
@@ -290,6 +300,10 @@ class Counts:
         profile's column order (numeric columns in one compiled pass; a categorical column of a
         numeric array is counted by value), or a mapping name -> 1-D column (missing names are
         not counted: their counts stay as they are).  ``rows`` grows by the batch's row count."""
+        fast = self._add_fast(features, outputs)
+        if fast is not None:
+            self.rows += fast
+            return
         rows = None
         for part, data in (("features", features), ("outputs", outputs)):
             if data is None:
@@ -299,6 +313,39 @@ class Counts:
             if r != rows:
                 raise ValueError(f"Counts.add: features have {rows} rows, outputs {r}")
         self.rows += rows or 0
+
+    def _add_fast(self, features: Any, outputs: Any) -> int | None:
+        """Both parts numeric 2-D arrays (or absent): every column in one compiled pass and the row
+        count; None when the general path must run (mappings, object arrays, shape errors)."""
+        lay = self.layout
+        arrs = []
+        rows = None
+        for part, data in (("features", features), ("outputs", outputs)):
+            if data is None:
+                arrs.append(None)
+                continue
+            if type(data) is not np.ndarray or data.dtype.kind not in "biuf":
+                return None
+            w = lay.part_width[part]
+            if data.ndim == 1 and w == 1:
+                data = data.reshape(-1, 1)
+            if data.ndim != 2 or data.shape[1] != w:
+                return None
+            if data.dtype != np.float64 and data.dtype != np.float32:
+                data = data.astype(np.float64)
+            if rows is not None and data.shape[0] != rows:
+                return None
+            rows = data.shape[0]
+            arrs.append(data)
+        if rows is None:
+            return None
+        a0, a1 = arrs
+        if a0 is None or a1 is None:  # an absent part: only the given part's columns are counted
+            return None
+        if a0.dtype != a1.dtype:  # one kernel signature per dtype: float32 -> float64 is exact
+            a0, a1 = a0.astype(np.float64), a1.astype(np.float64)
+        lay.window_binner.count(a0, a1, self.bins, self.missing, self.below, self.above)
+        return rows
 
     def _add_part(self, part: str, data: Any) -> int:
         lay = self.layout
@@ -594,6 +641,82 @@ def _count_ge(null, obs, out):
         out[r] = s - lo
 
 
+_CORRECTION_CODE = {"bh": 0, "bonferroni": 1, "none": 2}
+
+
+@njit(cache=True, nogil=True)
+def _verdict(ref, cur, eps, null, mask, correction, alpha):
+    # A window's whole verdict in one compiled call: the statistics (`_window_stats`, reading the
+    # int64 counts directly: every count converts to float64 exactly, so the arithmetic is that of
+    # `_stats_matrix`), normalised as `_normalise`, calibrated p-values as `Calibration.p_values`
+    # (`_count_ge`), the testable tests (`mask` and both sides non-empty) and the correction as
+    # `benjamini_hochberg` / `bonferroni` / "none" (same comparisons, same order of operations).
+    rows = ref.shape[0]
+    ns = null.shape[1]
+    s = null.shape[2]
+    stats = np.empty((rows, 4))
+    dof = np.empty(rows, dtype=np.int64)
+    nr = np.empty(rows)
+    nc = np.empty(rows)
+    ne = np.empty(rows)
+    _window_stats(ref, cur, eps, stats, dof, nr, nc, ne)
+    norm = np.empty((rows, 4))
+    pvals = np.empty((rows, ns))
+    testable = np.zeros((rows, ns), dtype=np.bool_)
+    m = 0
+    for i in range(rows):
+        norm[i, 0] = stats[i, 0] * ne[i]
+        norm[i, 1] = (stats[i, 1] * stats[i, 1]) * ne[i]
+        norm[i, 2] = stats[i, 2]
+        norm[i, 3] = stats[i, 3] * np.sqrt(ne[i])
+        ok = nr[i] > 0 and nc[i] > 0
+        for k in range(ns):
+            v = norm[i, k]
+            v = v - 1e-9 * max(1.0, abs(v))
+            lo = 0
+            hi = s
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if null[i, k, mid] < v:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            pvals[i, k] = (1 + (s - lo)) / (s + 1)
+            if mask[i, k] and ok:
+                testable[i, k] = True
+                m += 1
+    p = np.empty(m)
+    q = 0
+    for i in range(rows):
+        for k in range(ns):
+            if testable[i, k]:
+                p[q] = pvals[i, k]
+                q += 1
+    last = -1
+    if correction == 0:
+        if m == 0:
+            level = alpha
+        else:
+            order = np.sort(p)
+            for r in range(m):
+                if order[r] <= alpha * (r + 1) / m:
+                    last = r
+            level = alpha / m if last < 0 else order[last]
+    elif correction == 1:
+        level = alpha / max(1, m)
+    else:
+        level = alpha
+    alarms = np.zeros((rows, ns), dtype=np.bool_)
+    col_alarm = np.zeros(rows, dtype=np.bool_)
+    nothing = correction == 0 and m > 0 and last < 0
+    for i in range(rows):
+        for k in range(ns):
+            if testable[i, k] and not nothing and pvals[i, k] <= level:
+                alarms[i, k] = True
+                col_alarm[i] = True
+    return stats, dof, nr, nc, ne, norm, pvals, testable, p, alarms, col_alarm, level
+
+
 # --------------------------------------------------------------------------- calibration
 
 
@@ -825,20 +948,10 @@ def evaluate_window(profile: Mapping, counts: Counts, thresholds: Calibration, c
     cal = thresholds
     alpha = cal.false_alarm_rate
     ncol = len(lay.columns)
-    stats, dof, nr, nc, ne = _stats_matrix(lay.ref_counts, counts.bins)
-    norm = _normalise(stats, ne)
-    pvals = cal.p_values(norm)
-    testable = lay.testable_mask(cfg.statistics, cfg.include_outputs) & ((nr > 0) & (nc > 0))[:, None]
-    p_list = pvals[testable]
-    if cfg.correction == "bh":
-        rejected, level = benjamini_hochberg(p_list, alpha)
-    elif cfg.correction == "bonferroni":
-        rejected, level = bonferroni(p_list, alpha)
-    else:
-        rejected, level = p_list <= alpha, alpha
-    alarms = np.zeros_like(testable)
-    alarms[testable] = rejected
-    col_alarm = alarms.any(axis=1)
+    # statistics, normalisation, calibrated p-values and the correction in one compiled call
+    stats, dof, nr, nc, ne, norm, pvals, testable, p_list, alarms, col_alarm, level = _verdict(
+        lay.ref_counts_f, counts.bins, PSI_EPSILON, cal.null, lay.testable_mask(cfg.statistics, cfg.include_outputs),
+        _CORRECTION_CODE[cfg.correction], float(alpha))  # fmt: skip
 
     # data quality: plain floats per column (a handful of columns; cheaper than numpy on tiny arrays)
     dq_level = cfg.dq_alpha / max(1, ncol)
