@@ -37,6 +37,8 @@ def _serve(args: argparse.Namespace) -> int:
         "alert_webhooks": args.alert_webhook,
         "feature_log_dir": args.feature_log,
         "feature_log_sample_rate": args.feature_log_sample_rate,
+        "feature_verify_secs": args.feature_verify_secs,
+        "feature_verify_repository": args.feature_verify_repo,
         "routes": args.routes,
         "retraining": args.retraining,
         "registry_db": args.db,
@@ -217,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--monitor-false-alarm-rate", type=float, help="drift monitoring: false alarms per window (default 0.01)")
     s.add_argument("--alert-webhook", action="append", help="POST every alarm to this URL (repeat for more)")
     s.add_argument("--feature-log", help="skew monitor: log a sample of the feature vectors feature-joined models are given under this directory")
+    s.add_argument("--feature-verify-secs", type=float, help="skew monitor: recompute the logged vectors through the training path this often (0: off)")
+    s.add_argument("--feature-verify-repo", help="skew monitor: the training side's feature repository (default: the served one)")
     s.add_argument("--feature-log-sample-rate", type=float, help="the share of rows logged (default 0.01)")
     s.add_argument("--routes", help="serve from the model registry: a directory of routing files, one YAML per endpoint (docs/routing.md)")
     s.add_argument("--retraining", help="a retraining controller config: sustained drift or degraded performance -> train, gate, canary (docs/monitoring.md)")

@@ -377,6 +377,10 @@ class ServerConfig:
     # as Parquet under this directory for `parity features verify` ("" = off)
     feature_log_dir: str = ""
     feature_log_sample_rate: float = 0.01
+    # the periodic skew check: every feature_verify_secs (0: off) the logged vectors are recomputed
+    # through the training path of feature_verify_repository (default: the served repository)
+    feature_verify_secs: float = 0.0
+    feature_verify_repository: str = ""
     # monitoring: versions with a reference profile are binned per batch into count windows of
     # monitor_window_rows and time windows of monitor_time_window_secs, tested for drift at the
     # false-alarm rate; predictions of requests with an id are logged (up to prediction_log_rows
@@ -410,7 +414,7 @@ _SERVER_FIELDS = {
     "tls_cert_file": str, "tls_key_file": str, "feature_repository": str, "online_store": str,
     "monitor_window_rows": int, "monitor_time_window_secs": (int, float), "monitor_false_alarm_rate": (int, float),
     "prediction_log_rows": int, "prediction_log_ttl_secs": (int, float), "alert_webhooks": list,
-    "feature_log_dir": str, "feature_log_sample_rate": (int, float), "routes": str, "retraining": str, "registry_db": str, "registry_artifacts": str, "registry_poll_secs": (int, float),
+    "feature_log_dir": str, "feature_verify_secs": (int, float), "feature_verify_repository": str, "feature_log_sample_rate": (int, float), "routes": str, "retraining": str, "registry_db": str, "registry_artifacts": str, "registry_poll_secs": (int, float),
 }  # fmt: skip
 
 

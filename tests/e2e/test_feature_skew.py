@@ -105,3 +105,42 @@ def test_a_transform_changed_on_the_serving_side_only_is_caught(setup, tmp_path)
     assert example["served"] != example["training"] and "user_id" in example
     # a tolerated rate lets it pass
     assert verify(env, tmp_path / "log", "--max-mismatch-rate", "1.0")[0] == 0
+
+
+def test_the_server_checks_skew_periodically_and_alerts(setup, tmp_path):
+    """--feature-verify-secs: the server recomputes its own log against the training repository
+    (--feature-verify-repo) and exports the mismatch rate; with skew, the rate is 1."""
+    import time
+    import urllib.request
+
+    d, env, url, skewed = setup
+    log = tmp_path / "log"
+    users = pd.read_parquet(d / "data" / "users.parquet")["user_id"].unique()[:4]
+    merchants = pd.read_parquet(d / "data" / "merchants.parquet")["merchant_id"].unique()[:4]
+    with ServerProcess(d / "models", "--feature-repository", str(skewed), "--online-store", url, "--feature-log", str(log),
+                       "--feature-log-sample-rate", "1", "--feature-verify-secs", "0.5", "--feature-verify-repo", str(REPO), env=env) as server:  # fmt: skip
+        client = httpclient.InferenceServerClient(server.http_url)
+        for u, m in zip(users, merchants):
+            tensors = []
+            for name, arr, dt in (("user_id", np.array([[u]], dtype=np.int64), "INT64"), ("merchant_id", np.array([[m.encode()]], dtype=object), "BYTES"),
+                                  ("amount", np.array([[42.0]]), "FP64"), ("hour", np.array([[3]], dtype=np.int64), "INT64")):  # fmt: skip
+                t = httpclient.InferInput(name, [1, 1], dt)
+                t.set_data_from_numpy(arr)
+                tensors.append(t)
+            try:
+                client.infer("features", tensors)
+            except Exception:  # noqa: BLE001 - an entity without features
+                pass
+        deadline = time.monotonic() + 60
+        text = ""
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://{server.http_url}/metrics", timeout=10) as r:
+                text = r.read().decode()
+            if 'parity_feature_skew_rate{service="fraud_detection"}' in text:
+                break
+            time.sleep(0.2)
+        line = next(x for x in text.splitlines() if x.startswith('parity_feature_skew_rate{service="fraud_detection"}'))
+        assert float(line.rsplit(" ", 1)[1]) > 0.5, line
+        with urllib.request.urlopen(f"http://{server.http_url}/v1/monitoring", timeout=10) as r:
+            skew = json.loads(r.read())["skew"]["fraud_detection"]
+        assert skew["features"]["transaction_features__amount_z"]["mismatches"] >= 1

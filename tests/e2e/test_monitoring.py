@@ -111,6 +111,8 @@ def test_drift_is_caught_in_the_first_window_after_a_shift_and_not_before(served
     assert 'parity_drift_alarm{model="mlp",version="1",feature="f0"} 1' in text
     assert 'parity_drift_alarm{model="mlp",version="1",feature="f1"} 0' in text
     assert 'parity_monitoring_errors_total{model="mlp",version="1"} 0' in text
+    assert 'parity_data_quality_flag{model="mlp",version="1",feature="f0",check="outside_range"}' in text
+    assert 'parity_data_quality_rate{model="mlp",version="1",feature="f0",check="missing_rate"} 0' in text
     assert "# TYPE parity_slo_" in text  # the SLO tracker samples the request metrics
     assert "slo" in monitoring(server) and "slo" in monitoring(server)["models"][0]
     # the HTML report from the live server

@@ -288,6 +288,7 @@ def families(monitors: list[VersionMonitor]) -> list:
     alarm = Family("parity_drift_alarm", "gauge", "1 when the latest count window of the version drifted in this column.")
     psi = Family("parity_drift_psi", "gauge", "The latest count window's population stability index per column.")
     quality = Family("parity_data_quality_flag", "gauge", "1 when the latest count window flags a data-quality check of this column.")
+    rate = Family("parity_data_quality_rate", "gauge", "The latest count window's share of rows concerned by a data-quality check (missing, outside the training range, unseen category).")
     for m in monitors:
         lab = (("model", m.model), ("version", m.version))
         rows.add(lab, m.rows)
@@ -307,10 +308,18 @@ def families(monitors: list[VersionMonitor]) -> list:
                 value = (col.get("statistics") or {}).get("psi")
                 if isinstance(value, (int, float)):
                     psi.add(flab, value)
-                flags = (col.get("quality") or {}).get("flags") or []
-                for check in ("missing_rate", "out_of_range", "unseen_category"):
-                    quality.add(flab + (("check", check),), 1 if check in flags else 0)
-    return [rows, errors, windows, alarms, alarm, psi, quality]
+                q = col.get("quality") or {}
+                flags = q.get("flags") or []
+                for check, flag, share in _CHECKS:
+                    quality.add(flab + (("check", check),), 1 if flag in flags else 0)
+                    value = q.get(share)
+                    if isinstance(value, (int, float)):
+                        rate.add(flab + (("check", check),), value)
+    return [rows, errors, windows, alarms, alarm, psi, quality, rate]
+
+
+# (the `check` label, the report's flag, the report's rate): the names the alert rules use
+_CHECKS = (("missing_rate", "missing_rate", "missing_rate"), ("outside_range", "out_of_range", "out_of_range_rate"), ("unseen", "unseen_category", "unseen_rate"))
 
 
 __all__ = ["MonitorConfig", "VersionMonitor", "build_monitor", "families"]

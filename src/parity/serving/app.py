@@ -70,6 +70,8 @@ class Server:
                 from parity.features.skew import ServedFeatureLog
 
                 self.repository.feature_log = ServedFeatureLog(cfg.feature_log_dir, cfg.feature_log_sample_rate)
+                if cfg.feature_verify_secs > 0:
+                    self._tasks.append(asyncio.get_running_loop().create_task(self._verify_skew_forever()))
         self.transports = make_transports(self.core, cfg)
         shared_ports = os.environ.get(WORKER_ENV) is not None
         if not shared_ports:
@@ -125,6 +127,31 @@ class Server:
                 await asyncio.sleep(10.0)
 
         self._tasks.append(asyncio.get_running_loop().create_task(sample_slo()))
+
+    async def _verify_skew_forever(self) -> None:
+        """The periodic skew check: the logged served vectors recomputed through the training
+        path; mismatch rates in /metrics and GET /v1/monitoring, an alert when any differ."""
+        from parity.features.definitions import FeatureRepository
+        from parity.features.skew import verify
+        from parity.monitoring.alerts import Alert
+
+        cfg = self.config
+        log_dir = Path(cfg.feature_log_dir)
+        while True:
+            await asyncio.sleep(cfg.feature_verify_secs)
+            try:
+                repo = self.core.features.repo if not cfg.feature_verify_repository else FeatureRepository.load(cfg.feature_verify_repository)
+                await asyncio.to_thread(self.repository.feature_log.flush)
+                for service in sorted(p.name for p in log_dir.iterdir() if p.is_dir()) if log_dir.is_dir() else []:
+                    report = await asyncio.to_thread(verify, repo, log_dir, service)
+                    self.core.skew[service] = report.to_dict()
+                    if report.mismatched_rows and getattr(self, "alerter", None) is not None:
+                        bad = sorted(n for n, f in report.features.items() if f["mismatches"])
+                        self.alerter.fire(Alert(name="feature_skew", severity="critical", summary=(
+                            f"feature service {service}: {report.mismatched_rows} of {report.rows} served rows differ from the training path"),
+                            details={"service": service, "features": bad, "mismatch_rate": report.mismatch_rate}))  # fmt: skip
+            except Exception:  # noqa: BLE001 - the check never stops the server
+                log.exception("the periodic skew check failed; will try again")
 
     async def _start_router(self) -> None:
         """Serve from the registry: endpoints from the routing files, versions fetched into the

@@ -130,6 +130,7 @@ class InferenceCore:
         self.prediction_log = None  # a parity.monitoring.performance.PredictionLog (late labels)
         self.retraining = None  # a parity.retraining.controller.RetrainingController
         self.slo = None  # a parity.monitoring.performance.SloTracker
+        self.skew: dict[str, dict] = {}  # feature service -> the periodic skew check's last report
 
     @staticmethod
     def _build_plan(version: Version) -> None:
@@ -222,6 +223,8 @@ class InferenceCore:
                "slo": self.slo.report() if self.slo is not None else []}  # fmt: skip
         if self.retraining is not None:
             doc["retraining"] = self.retraining.describe()
+        if self.skew:
+            doc["skew"] = self.skew
         return doc
 
     def finish(self, req: InferRequest, plan: Plan, t0: int, outputs: dict) -> InferResponse:
@@ -364,6 +367,13 @@ class InferenceCore:
         fams += tap.families(self.monitors())
         if self.prediction_log is not None:
             fams += self.prediction_log.families()
+        if self.skew:
+            rate = metrics.Family("parity_feature_skew_rate", "gauge", "The periodic skew check: share of logged served rows whose features differ from the training path.")
+            checked = metrics.Family("parity_feature_skew_rows", "gauge", "The periodic skew check: logged served rows checked.")
+            for service, r in self.skew.items():
+                rate.add((("service", service),), r["mismatch_rate"])
+                checked.add((("service", service),), r["rows"])
+            fams += [rate, checked]
         return fams
 
     def metrics_text(self) -> str:
