@@ -371,9 +371,13 @@ def _loop_demo(tmp: Path, module: Path, data: Path, store_url: str, db: str, art
         t0 = time.monotonic()
         for _ in range(2 * window // 20):
             batch(drift=False)
-        time.sleep(1.0)
-        doc = monitoring()
-        entry = next((m for m in doc["models"] if m["model"] == "fraud"), None)
+        deadline = time.monotonic() + 30  # the windows are tested in the background
+        while time.monotonic() < deadline:
+            doc = monitoring()
+            entry = next((m for m in doc["models"] if m["model"] == "fraud"), None)
+            if entry is not None and entry["windows_closed"]["count"] >= 2:
+                break
+            time.sleep(0.1)
         if entry is not None:
             print(f"  t={time.monotonic() - t0:5.1f}s  {entry['rows']:,} rows like the training data served; "
                   f"{entry['windows_closed']['count']} windows tested, {entry['alarms']} drift alarm(s)")  # fmt: skip

@@ -9,12 +9,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -26,23 +23,10 @@ from parity._proto.parity.v1 import monitoring_pb2_grpc as mpb_grpc
 from parity.monitoring.profile import build_profile
 from parity.testing.models import mlp_config, mlp_reference, write_config, write_mlp_onnx
 from parity.testing.server import ServerProcess
+from parity.testing.webhook import WebhookRecorder
 
 SIZES = [4, 8, 1]
 WINDOW = 200
-
-
-class Hook(BaseHTTPRequestHandler):
-    received: list = []
-
-    def do_POST(self):  # noqa: N802
-        body = self.rfile.read(int(self.headers["content-length"]))
-        Hook.received.append(json.loads(body))
-        self.send_response(200)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +37,10 @@ def served(tmp_path_factory):
     train = np.random.default_rng(0).standard_normal((5000, 4)).astype(np.float32)
     profile = build_profile({f"f{i}": train[:, i] for i in range(4)}, {"OUTPUT0": mlp_reference(train, weights)[:, 0]})
     (d / "models" / "mlp" / "1" / "profile.json").write_text(json.dumps(profile))
-    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
-    args = ["--monitor-window-rows", str(WINDOW), "--alert-webhook", f"http://127.0.0.1:{hook.server_port}/alerts"]
-    with ServerProcess(d / "models", *args) as server:
-        yield server, weights, d
-    hook.shutdown()
-    hook.server_close()
+    with WebhookRecorder() as hook:
+        args = ["--monitor-window-rows", str(WINDOW), "--alert-webhook", hook.url]
+        with ServerProcess(d / "models", *args) as server:
+            yield server, weights, d, hook
 
 
 def send(server, x: np.ndarray, request_id: str = "") -> np.ndarray:
@@ -84,14 +65,14 @@ def wait_for(predicate, timeout=30.0):
 
 
 def test_drift_is_caught_in_the_first_window_after_a_shift_and_not_before(served):
-    server, weights, d = served
+    server, weights, d, hook = served
     rng = np.random.default_rng(7)  # a fixed stream: windows and calibration are deterministic
     for _ in range(5 * WINDOW // 20):  # five windows drawn like the training data
         send(server, rng.standard_normal((20, 4)).astype(np.float32))
     entry = wait_for(lambda: (m := monitoring(server)["models"]) and m[0]["windows_closed"]["count"] >= 5 and m[0])
     assert entry["model"] == "mlp" and entry["version"] == "1" and entry["rows"] >= 5 * WINDOW
     assert entry["alarms"] == 0, [w["report"].get("drifted") for w in entry["windows"]]
-    assert Hook.received == []
+    assert hook.received == []
 
     for _ in range(WINDOW // 20):  # one window with feature f0 shifted by half a standard deviation
         x = rng.standard_normal((20, 4)).astype(np.float32)
@@ -103,7 +84,7 @@ def test_drift_is_caught_in_the_first_window_after_a_shift_and_not_before(served
     assert last["features"]["f0"]["alarm"] is True
     assert not any(last["features"][f]["alarm"] for f in ("f1", "f2", "f3"))
     # the alert: a structured payload at the webhook
-    alert = wait_for(lambda: Hook.received and Hook.received[0])
+    alert = hook.wait_for()
     assert alert["alert"]["model"] == "mlp" and "f0" in json.dumps(alert)
     # the metrics
     with urllib.request.urlopen(f"http://{server.http_url}/metrics", timeout=10) as r:
@@ -125,7 +106,7 @@ def test_drift_is_caught_in_the_first_window_after_a_shift_and_not_before(served
 
 
 def test_late_labels_join_logged_predictions_over_http_and_grpc(served):
-    server, weights, _ = served
+    server, weights, _, _ = served
     rng = np.random.default_rng(3)
     ids = [f"req-{i}" for i in range(40)]
     scores = {}

@@ -375,8 +375,9 @@ def test_the_registry_database_unreachable_keeps_serving_and_recovers(tmp_path):
                 assert "PostgreSQL" in message, message
                 for _ in range(10):
                     assert infer(server, "fraud", X)[0] == "1"  # what is loaded keeps serving
+                checks = get_json(server, "/v1/routes")["registry_checks"]
                 env.alias("fraud", "champion", v2)  # moved while the server cannot see the database
-                time.sleep(0.5)
+                wait_for(lambda: get_json(server, "/v1/routes")["registry_checks"] >= checks + 2, what="two polls during the cut")
                 assert infer(server, "fraud", X)[0] == "1"
                 proxy.restore()
                 wait_for(lambda: infer(server, "fraud", X)[0] == "2", what="the move once the database is back")

@@ -7,10 +7,8 @@ canary, promotion) runs in `make demo` (tests/e2e/test_demo.py)."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import tritonclient.http as httpclient
@@ -20,19 +18,7 @@ from parity.monitoring.profile import build_profile
 from parity.registry import Registry
 from parity.testing.models import mlp_reference, write_mlp_onnx
 from parity.testing.server import ServerProcess
-
-
-class Hook(BaseHTTPRequestHandler):
-    received: list = []
-
-    def do_POST(self):  # noqa: N802
-        Hook.received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-        self.send_response(200)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
+from parity.testing.webhook import WebhookRecorder
 
 
 def test_a_failed_retraining_leaves_production_untouched_and_alerts(tmp_path):
@@ -56,12 +42,10 @@ def test_a_failed_retraining_leaves_production_untouched_and_alerts(tmp_path):
         "model": "fraud", "training_config": "train.yaml", "check_secs": 0.2,
         "trigger": {"drift_windows": 1}, "limits": {"min_interval_secs": 3600, "max_runs_per_day": 1},
     }))  # fmt: skip
-    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
-    try:
+    with WebhookRecorder() as hook:
         args = ["--routes", str(routes), "--db", db, "--artifacts", str(artifacts), "--registry-poll-secs", "0.3",
                 "--monitor-window-rows", "200", "--retraining", str(tmp_path / "retraining.yaml"),
-                "--alert-webhook", f"http://127.0.0.1:{hook.server_port}/"]  # fmt: skip
+                "--alert-webhook", hook.url]  # fmt: skip
         with ServerProcess(tmp_path / "cache", *args) as server:
             client = httpclient.InferenceServerClient(server.http_url)
             rng = np.random.default_rng(5)
@@ -84,19 +68,21 @@ def test_a_failed_retraining_leaves_production_untouched_and_alerts(tmp_path):
             assert run["outcome"] == "training failed" and run["evidence"]["trigger"] == "drift"
             for _ in range(5):
                 assert send(shift=0.0) == "1"  # production untouched
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not any(a["alert"]["name"] == "retraining_failed" for a in Hook.received):
-                time.sleep(0.05)
-            alert = next(a["alert"] for a in Hook.received if a["alert"]["name"] == "retraining_failed")
+            alert = hook.wait_for(lambda doc: doc["alert"]["name"] == "retraining_failed")["alert"]
             assert alert["model"] == "fraud" and alert["severity"] == "critical"
             # the limits hold: one run a day, however long the drift lasts
             for _ in range(30):
                 send(shift=1.0)
-            time.sleep(1.0)
-            assert len(runs()) == 1
-    finally:
-        hook.shutdown()
-        hook.server_close()
+
+            def checks() -> int:
+                with urllib.request.urlopen(f"http://{server.http_url}/v1/monitoring", timeout=10) as r:
+                    return json.loads(r.read())["retraining"]["checks"]
+
+            seen = checks()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and checks() < seen + 3:  # three trigger checks after that traffic
+                time.sleep(0.05)
+            assert checks() >= seen + 3 and len(runs()) == 1
     with Registry.open(db, artifacts) as reg:
         assert reg.resolve("fraud@champion").version == v1 and [v.version for v in reg.versions("fraud")] == [v1]
         actions = [(h.action, h.actor) for h in reg.history("fraud")]

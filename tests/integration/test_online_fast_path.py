@@ -409,7 +409,7 @@ def test_reads_from_an_event_loop_equal_the_blocking_reads_on_both_backends(tmp_
     import asyncio
     import uuid
 
-    from parity.features.definitions import Entity, FeatureView, Field, FileSource
+    from parity.features.definitions import FeatureView, Field, FileSource
     from parity.features.online import open_online_store
 
     view = FeatureView("aio", ("u",), FileSource("unused.parquet"), schema=(Field("a", "float32"), Field("b", "int64")), ttl_seconds=0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
 import time
 import uuid
 
@@ -16,29 +15,7 @@ import redis
 
 from parity.errors import Unavailable
 from parity.features.online.resp import AsyncRedis
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_redis(port: int, workdir) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with redis.Redis(port=port, socket_timeout=0.2, socket_connect_timeout=0.2) as r:
-                if r.ping():
-                    return proc
-        except redis.RedisError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
+from parity.testing.redis import free_port, start_redis
 
 
 def test_pipelined_commands_get_their_own_replies_in_order():
@@ -84,15 +61,15 @@ def test_a_server_that_never_answers_fails_every_waiting_command_within_the_time
 
 def test_nothing_listening_is_unavailable_saying_what_to_do():
     async def run():
-        return await AsyncRedis("127.0.0.1", _free_port(), timeout=0.5).execute("PING")
+        return await AsyncRedis("127.0.0.1", free_port(), timeout=0.5).execute("PING")
 
     with pytest.raises(Unavailable, match="start Redis or fix the online store url"):
         asyncio.run(run())
 
 
 def test_a_restarted_server_is_reconnected_by_the_next_command(tmp_path):
-    port = _free_port()
-    proc = _start_redis(port, tmp_path)
+    port = free_port()
+    proc = start_redis(port, tmp_path)
 
     async def run():
         nonlocal proc
@@ -104,7 +81,7 @@ def test_a_restarted_server_is_reconnected_by_the_next_command(tmp_path):
             await c.execute("GET", "k")
         with pytest.raises(Unavailable):
             await c.execute("GET", "k")  # still down: connecting fails fast
-        proc = _start_redis(port, tmp_path)
+        proc = start_redis(port, tmp_path)
         assert await c.execute("GET", "k") is None  # the new server is empty (nothing saved)
         assert await c.execute("SET", "k", "2") == b"OK"
         c.close()

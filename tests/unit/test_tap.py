@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 
-from parity.config import TensorSpec
 from parity.monitoring.drift import Counts
 from parity.monitoring.profile import build_profile
 from parity.monitoring.tap import MonitorConfig, VersionMonitor

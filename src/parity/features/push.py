@@ -111,7 +111,7 @@ def push(
             "give its FileSource a push_log directory"
         )
     if not isinstance(columns, dict) or not columns:
-        raise _bad(view, f"'rows' must map each column to its values")
+        raise _bad(view, "'rows' must map each column to its values")
     con = duckdb.connect()  # one connection for the source's schema and the transform
     try:
         con.execute("SET TimeZone='UTC'")

@@ -136,6 +136,7 @@ class RetrainingController:
         self.started_at: deque = deque(maxlen=config.max_runs_per_day)
         self.running = False
         self.seen_windows = 0  # count windows of the champion already used as evidence
+        self.checks = 0  # trigger checks made (for observers)
         self._task: asyncio.Task | None = None
 
     @property
@@ -216,6 +217,7 @@ class RetrainingController:
         return None
 
     async def check(self) -> None:
+        self.checks += 1
         evidence = self.trigger()
         if evidence is None:
             return
@@ -333,7 +335,7 @@ class RetrainingController:
             log.error("%s", summary)
 
     def describe(self) -> dict:
-        return {"model": self.config.model, "running": self.running, "runs": list(self.runs)}
+        return {"model": self.config.model, "running": self.running, "runs": list(self.runs), "checks": self.checks}
 
 
 def _iso(t: float) -> str:

@@ -126,6 +126,7 @@ class Router:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
         self.shadow_counts = {"answered": 0, "failed": 0, "dropped": 0}
+        self.checks = 0  # registry resolutions attempted (each poll and reload), for observers
 
     @property
     def registry(self):
@@ -200,12 +201,14 @@ class Router:
         try:
             resolved = await asyncio.to_thread(self._resolve, wanted)
         except Unavailable as e:
+            self.checks += 1
             self.errors["registry"] = e.message
             log.warning("registry unreachable; serving what is loaded: %s", e.message)
             resolved = {}
             if routes is None:
                 return
         else:
+            self.checks += 1
             self.errors.pop("registry", None)
         new_refs = dict(self.refs)
         for ref in wanted:
@@ -582,7 +585,7 @@ class Router:
                 },
                 "shadow_log": list(dep.shadow_log)[-10:],
             }  # fmt: skip
-        return {"endpoints": out, "errors": dict(self.errors), "shadow": dict(self.shadow_counts)}
+        return {"endpoints": out, "errors": dict(self.errors), "shadow": dict(self.shadow_counts), "registry_checks": self.checks}
 
 
 _TASKS: set = set()
