@@ -34,6 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
         "monitor_window_rows": args.monitor_window_rows,
         "monitor_time_window_secs": args.monitor_time_window_secs,
         "monitor_false_alarm_rate": args.monitor_false_alarm_rate,
+        "slo_sample_secs": args.slo_sample_secs,
         "alert_webhooks": args.alert_webhook,
         "feature_log_dir": args.feature_log,
         "feature_log_sample_rate": args.feature_log_sample_rate,
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--monitor-window-rows", type=int, help="drift monitoring: rows per count window (default 5000)")
     s.add_argument("--monitor-time-window-secs", type=float, help="drift monitoring: seconds per time window (default 300)")
     s.add_argument("--monitor-false-alarm-rate", type=float, help="drift monitoring: false alarms per window (default 0.01)")
+    s.add_argument("--slo-sample-secs", type=float, help="SLO tracking: seconds between samples of the request counters (default 10)")
     s.add_argument("--alert-webhook", action="append", help="POST every alarm to this URL (repeat for more)")
     s.add_argument("--feature-log", help="skew monitor: log a sample of the feature vectors feature-joined models are given under this directory")
     s.add_argument("--feature-verify-secs", type=float, help="skew monitor: recompute the logged vectors through the training path this often (0: off)")

@@ -389,6 +389,7 @@ class ServerConfig:
     monitor_window_rows: int = 5000
     monitor_time_window_secs: float = 300.0
     monitor_false_alarm_rate: float = 0.01
+    slo_sample_secs: float = 10.0  # the SLO tracker samples the request counters this often
     prediction_log_rows: int = 200_000
     prediction_log_ttl_secs: float = 7 * 86_400.0
     alert_webhooks: tuple[str, ...] = ()
@@ -412,7 +413,7 @@ _SERVER_FIELDS = {
     "grpc_transport": str, "server_name": str, "log_level": str,
     "grpc_max_concurrent_streams": int, "grpc_max_header_list_bytes": int,
     "tls_cert_file": str, "tls_key_file": str, "feature_repository": str, "online_store": str,
-    "monitor_window_rows": int, "monitor_time_window_secs": (int, float), "monitor_false_alarm_rate": (int, float),
+    "monitor_window_rows": int, "monitor_time_window_secs": (int, float), "monitor_false_alarm_rate": (int, float), "slo_sample_secs": (int, float),
     "prediction_log_rows": int, "prediction_log_ttl_secs": (int, float), "alert_webhooks": list,
     "feature_log_dir": str, "feature_verify_secs": (int, float), "feature_verify_repository": str, "feature_log_sample_rate": (int, float), "routes": str, "retraining": str, "registry_db": str, "registry_artifacts": str, "registry_poll_secs": (int, float),
 }  # fmt: skip
@@ -485,6 +486,8 @@ def load_server_config(path: Path | None, overrides: dict[str, Any]) -> ServerCo
         raise ConfigError(source, "monitor_time_window_secs", "windows, TTLs and sizes must be positive")
     if not 0 <= cfg.feature_log_sample_rate <= 1:
         raise ConfigError(source, "feature_log_sample_rate", "must be within [0, 1]")
+    if cfg.slo_sample_secs <= 0:
+        raise ConfigError(source, "slo_sample_secs", "must be > 0 seconds")
     if cfg.registry_poll_secs <= 0:
         raise ConfigError(source, "registry_poll_secs", "must be > 0 seconds")
     return cfg

@@ -349,3 +349,27 @@ def test_slo_tracker_bounds_its_samples_and_reads_server_families():
     assert [(x["model"], x["version"]) for x in r] == [("fraud", "4")]
     w5m = next(w for w in r[0]["windows"] if w["window"] == "5m")
     assert (w5m["requests"], w5m["errors"]) == (96, 6)
+
+
+def test_a_worker_hands_joined_rows_to_the_hub_and_unknown_ids_are_counted_once():
+    """With --workers N: the worker that logged a request joins its labels but hands the rows
+    to the hub's rolling window; a worker asked about an id it never saw does not count it (the
+    asking worker counts the final answer)."""
+    worker, hub = PredictionLog(), PredictionLog()
+    worker.forward_joined = True
+    worker.record("a", "m", "1", np.array([0.9, 0.2, 0.7]))
+    out = worker.feedback("a", [1, 0, 1])
+    assert out["status"] == "joined" and out["rows"] == 3
+    joined = out.pop("_joined")
+    assert joined == {"model": "m", "version": "1", "preds": [0.9, 0.2, 0.7], "labels": [1.0, 0.0, 1.0], "served": joined["served"]}
+    assert worker.summary()["models"] == []  # nothing kept in the worker's windows
+    hub.add_joined(**joined)
+    (m,) = hub.summary()["models"]
+    assert m["rows"] == 3 and m["labelled_rows_total"] == 3 and m["metrics"]["roc_auc"] == 1.0
+    assert worker.feedback("a", [1, 0, 1])["status"] == "duplicate"  # the worker still knows what it joined
+    assert hub.feedback("nope", [1], count_missing=False)["status"] == "unknown"
+    assert hub.summary()["feedback"]["unknown"] == 0
+    hub.count_missing("unknown")
+    assert hub.summary()["feedback"]["unknown"] == 1
+    with pytest.raises(ValueError, match="2 predictions for 1 labels"):
+        hub.add_joined("m", "1", [0.1, 0.2], [1.0], 0.0)

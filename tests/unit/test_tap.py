@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from parity.monitoring.drift import Counts
 from parity.monitoring.profile import build_profile
@@ -65,3 +66,32 @@ def test_a_batch_that_cannot_be_counted_is_counted_as_an_error_not_raised():
     assert m.errors == 2 and m.rows == 0
     entry = m.entry()
     assert entry["errors"] == 2 and entry["windows"] == []
+
+
+def test_a_forwarded_window_is_tested_by_the_receiving_monitor_with_the_same_verdict():
+    """With --workers N, a worker hands its closed windows to the hub's monitor of the same
+    version (as JSON); the hub's report equals the one the worker would have made."""
+    import json
+
+    from parity.monitoring.tap import counts_doc, counts_from_doc
+
+    worker, profile = _monitor(window_rows=100, time_secs=3600)
+    hub, _ = _monitor(window_rows=100, time_secs=3600)
+    handed = []
+    worker.forward = lambda m, kind, counts, start, end: handed.append((kind, json.loads(json.dumps(counts_doc(counts))), start, end))
+    x = np.random.default_rng(5).standard_normal((100, 3)).astype(np.float32)
+    x[:, 1] += 2.0  # drifted
+    worker.observe([x], ["OUT"], [x[:, :1] * 2])
+    assert [h[0] for h in handed] == ["count"] and not worker.windows["count"]  # not tested in the worker
+    kind, doc, start, end = handed[0]
+    hub.receive(kind, counts_from_doc(doc, hub.profile), start, end)
+    (tested,) = _wait(hub, "count", 1)
+    alone, _ = _monitor(window_rows=100, time_secs=3600)  # the same batch in a lone server
+    alone.observe([x], ["OUT"], [x[:, :1] * 2])
+    (own,) = _wait(alone, "count", 1)
+    assert tested.rows == 100 and hub.entry()["rows"] == 100  # the hub counts rows handed to it
+    assert tested.report.drifted == own.report.drifted == ["features/f1"]
+    assert tested.report.to_monitoring_dict() == own.report.to_monitoring_dict()
+    with pytest.raises(ValueError, match="shape"):
+        counts_from_doc({**doc, "missing": [0]}, hub.profile)
+

@@ -280,6 +280,10 @@ class PredictionLog:
         self.duplicate_records = 0
         self.evicted = {"capacity": 0, "ttl": 0}
         self.dropped_versions = 0
+        # With --workers N, a worker other than the monitoring hub hands the rows it joins to the
+        # hub (parity.serving.workers), which keeps the rolling windows: feedback() then returns
+        # them under "_joined" instead of adding them here.
+        self.forward_joined = False
 
     # -- configuration ----------------------------------------------------------------------------
 
@@ -342,10 +346,11 @@ class PredictionLog:
 
     # -- feedback ---------------------------------------------------------------------------------
 
-    def feedback(self, request_id: str, labels, rows: Sequence[int] | None = None) -> dict:
+    def feedback(self, request_id: str, labels, rows: Sequence[int] | None = None, count_missing: bool = True) -> dict:
         """Join ground-truth labels with a logged request (see the module docstring).  Returns
         {"request_id", "status", "rows": rows joined, "duplicates", "conflicts", "message"?,
-        "model"?, "version"?}."""
+        "model"?, "version"?}.  `count_missing=False`: an unknown or expired id is not counted
+        here (another worker may hold it; the asking worker counts the final answer)."""
         out: dict = {"request_id": request_id, "status": "invalid", "rows": 0, "duplicates": 0, "conflicts": 0}
         try:
             y = np.asarray(labels, dtype=np.float64).reshape(-1)
@@ -356,7 +361,8 @@ class PredictionLog:
             rec = self._records.get(request_id)
             if rec is None:
                 out["status"] = "expired" if request_id in self._evicted else "unknown"
-                self.feedback_counts[out["status"]] += 1
+                if count_missing:
+                    self.feedback_counts[out["status"]] += 1
                 return out
             out["model"], out["version"] = rec.model, rec.version
             n = len(rec.preds)
@@ -392,13 +398,32 @@ class PredictionLog:
             if len(new_idx):
                 rec.labelled[new_idx] = True
                 rec.labels[new_idx] = new_y
-                key = (rec.model, rec.version)
-                self._window(key).add(rec.preds[new_idx], new_y, rec.ts)
-                self._joined_rows[key] = self._joined_rows.get(key, 0) + len(new_idx)
+                if self.forward_joined:
+                    out["_joined"] = {"model": rec.model, "version": rec.version, "preds": rec.preds[new_idx].tolist(),
+                                      "labels": new_y.tolist(), "served": rec.ts}  # fmt: skip
+                else:
+                    self._add_joined((rec.model, rec.version), rec.preds[new_idx], new_y, rec.ts)
             out["rows"] = len(new_idx)
             out["status"] = "joined" if not dup else ("partial" if len(new_idx) else "duplicate")
             self.feedback_counts[out["status"]] += 1
             return out
+
+    def _add_joined(self, key: tuple[str, str], preds: np.ndarray, labels: np.ndarray, served: float) -> None:
+        self._window(key).add(preds, labels, served)
+        self._joined_rows[key] = self._joined_rows.get(key, 0) + len(preds)
+
+    def add_joined(self, model: str, version: str, preds, labels, served: float) -> None:
+        """Rows another worker joined (this is the monitoring hub): into the rolling window."""
+        p, y = np.asarray(preds, dtype=np.float64).reshape(-1), np.asarray(labels, dtype=np.float64).reshape(-1)
+        if len(p) != len(y):
+            raise ValueError(f"{len(p)} predictions for {len(y)} labels")
+        with self._lock:
+            self._add_joined((model, str(version)), p, y, float(served))
+
+    def count_missing(self, status: str) -> None:
+        """Count a feedback call that no worker could join ("unknown" or "expired")."""
+        with self._lock:
+            self.feedback_counts[status] += 1
 
     def _count(self, out: dict, message: str) -> dict:
         out["message"] = message

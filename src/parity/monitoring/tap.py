@@ -28,6 +28,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,10 @@ class VersionMonitor:
         self.alarms = 0
         self.alerter = alerter
         self.last_alarm: dict | None = None
+        # with --workers N, a worker other than the hub hands its closed windows to this hook
+        # (parity.serving.workers) instead of testing them itself
+        self.forward: Callable | None = None
+        self.peer_rows = 0  # rows of the windows other workers sent here (the hub)
 
     # -- the request path --------------------------------------------------------------------------
 
@@ -144,7 +149,10 @@ class VersionMonitor:
                     self.time_included = self.count_window.copy()
                     self.time_acc, self.time_started = self._new(), now
             for kind, counts, start, end in closed:
-                _evaluator().submit(self._evaluate, kind, counts, start, end)
+                if self.forward is not None:
+                    self.forward(self, kind, counts, start, end)
+                else:
+                    _evaluator().submit(self._evaluate, kind, counts, start, end)
         except Exception:  # noqa: BLE001 - monitoring never fails a request
             self.errors += 1
             if self.errors <= 3 or self.errors % 1000 == 0:
@@ -163,6 +171,20 @@ class VersionMonitor:
         self.count_window.add(features=x, outputs=outs)
 
     # -- closed windows (background thread) --------------------------------------------------------
+
+    def evaluate_later(self, kind: str, counts, start: float, end: float) -> None:
+        """Test a closed window on the drift thread."""
+        _evaluator().submit(self._evaluate, kind, counts, start, end)
+
+    def receive(self, kind: str, counts, start: float, end: float) -> None:
+        """A window another worker closed (this is the hub): tested like one of ours.  Each
+        worker's time windows are tested as they close; count windows are the same size in every
+        worker, so the calibrated thresholds hold for all."""
+        if kind not in self.windows:
+            raise ValueError(f"unknown window kind {kind!r}")
+        with self.lock:
+            self.peer_rows += int(counts.rows) if kind == "count" else 0
+        self.evaluate_later(kind, counts, start, end)
 
     def _evaluate(self, kind: str, counts, start: float, end: float) -> None:
         from parity.monitoring.drift import calibrate, evaluate_window
@@ -205,7 +227,7 @@ class VersionMonitor:
                 windows += ws[-1:] if latest_only else ws
             current = {"count": int(self.count_window.rows), "time": int(self.time_acc.rows + self.count_window.rows - self.time_included.rows)}
         return {
-            "model": self.model, "version": self.version, "rows": self.rows, "errors": self.errors,
+            "model": self.model, "version": self.version, "rows": self.rows + self.peer_rows, "errors": self.errors,
             "windows_closed": dict(self.closed), "alarms": self.alarms, "open_windows": current,
             "window_rows": self.config.window_rows, "time_window_secs": self.config.time_window_secs,
             "false_alarm_rate": self.config.false_alarm_rate, "windows": [_public(w) for w in windows],
@@ -239,6 +261,26 @@ def _minus(a, b):
     out.below -= b.below
     out.above -= b.above
     out.rows -= b.rows
+    return out
+
+
+def counts_doc(counts) -> dict:
+    """A window's counts as JSON (handed from a worker to the hub)."""
+    return {"bins": counts.bins.tolist(), "missing": counts.missing.tolist(), "below": counts.below.tolist(),
+            "above": counts.above.tolist(), "rows": int(counts.rows)}  # fmt: skip
+
+
+def counts_from_doc(doc: dict, profile: dict):
+    """`counts_doc`'s inverse, checked against the profile's layout."""
+    from parity.monitoring.drift import Counts
+
+    out = Counts.for_profile(profile)
+    for name in ("bins", "missing", "below", "above"):
+        arr = np.asarray(doc[name], dtype=np.int64)
+        if arr.shape != getattr(out, name).shape:
+            raise ValueError(f"window counts '{name}' have shape {list(arr.shape)}; this version's profile needs {list(getattr(out, name).shape)}")
+        setattr(out, name, arr)
+    out.rows = int(doc["rows"])
     return out
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import os
 import signal
@@ -16,14 +15,11 @@ import time
 from pathlib import Path
 
 from parity.config import ServerConfig
-from parity.monitoring import metrics
 from parity.serving.core import InferenceCore
 from parity.serving.models import Repository
+from parity.serving.workers import METRICS_DIR_ENV, WORKER_COUNT_ENV, WORKER_ENV, WorkerGroup
 
 log = logging.getLogger("parity.server")
-
-METRICS_DIR_ENV = "PARITY_WORKER_METRICS_DIR"
-WORKER_ENV = "PARITY_WORKER_INDEX"
 
 
 def make_transports(core: InferenceCore, config: ServerConfig) -> list:
@@ -74,6 +70,11 @@ class Server:
                     self._tasks.append(asyncio.get_running_loop().create_task(self._verify_skew_forever()))
         self.transports = make_transports(self.core, cfg)
         shared_ports = os.environ.get(WORKER_ENV) is not None
+        group = self.core.workers = WorkerGroup.from_env(self.core)
+        if group is not None:
+            await group.start()  # siblings may send windows and feedback as soon as any serves
+            if not group.is_hub:
+                self.repository.monitor_forward = group.forward_window
         if not shared_ports:
             for t in self.transports:
                 await t.start()
@@ -95,7 +96,10 @@ class Server:
                 await t.start()
         if cfg.model_control_mode == "poll" and cfg.repository_poll_secs > 0:
             self._tasks.append(asyncio.create_task(self._poll_forever()))
-        self._setup_worker_metrics()
+        if group is not None:
+            self.core.extra_metrics.append(group.other_metrics)
+            self.core.extra_stats.append(group.other_stats)
+            group.start_publishing()
         ports = ", ".join(f"{t.name} on {cfg.host}:{t.port}" for t in self.transports)
         log.info("serving %d model(s): %s%s", len(self.repository.models), ports, "" if self.core.ready else " (NOT ready: see errors above)")
 
@@ -109,22 +113,28 @@ class Server:
         cfg = self.config
         self.repository.monitor_config = MonitorConfig(cfg.monitor_window_rows, cfg.monitor_time_window_secs, cfg.monitor_false_alarm_rate)
         self.alerter = self.repository.alerter = Alerter([WebhookNotifier(list(cfg.alert_webhooks))] if cfg.alert_webhooks else [])
+        group = self.core.workers
         if cfg.prediction_log_rows:
             self.core.prediction_log = PredictionLog(capacity=cfg.prediction_log_rows, ttl_secs=cfg.prediction_log_ttl_secs)
+            self.core.prediction_log.forward_joined = group is not None and not group.is_hub
+        if group is not None and not group.is_hub:
+            return  # the hub (worker 0) tracks the SLOs over every worker's counters
         # SLOs (latency: 99% within 100 ms; availability: 99.9%) with multi-window burn rates,
-        # sampled every 10 s from the server's own request metrics
+        # sampled every 10 s from the server's own request metrics (summed over the workers)
         from parity.monitoring.performance import SloTracker
 
-        slo = self.core.slo = SloTracker()
+        slo = self.core.slo = SloTracker(resolution_secs=cfg.slo_sample_secs)
         self.core.extra_metrics.append(slo.families)
+        if group is not None:
+            group.published.append(slo.families)  # whichever worker answers /metrics shows them
 
         async def sample_slo():
             while True:
                 try:
-                    slo.sample_families(self.core.metric_families())
+                    slo.sample_families(group.all_metrics() if group is not None else self.core.metric_families())
                 except Exception:  # noqa: BLE001 - SLO sampling never stops the server
                     log.exception("SLO sampling failed")
-                await asyncio.sleep(10.0)
+                await asyncio.sleep(cfg.slo_sample_secs)
 
         self._tasks.append(asyncio.get_running_loop().create_task(sample_slo()))
 
@@ -169,7 +179,7 @@ class Server:
         self.core.extra_metrics.append(router.families)
         await router.start()
         self._router = router
-        if cfg.retraining:
+        if cfg.retraining and (self.core.workers is None or self.core.workers.is_hub):  # one controller per group
             from parity.retraining.controller import RetrainingConfig, RetrainingController
 
             controller = RetrainingController(
@@ -186,43 +196,6 @@ class Server:
                 await self.repository.poll()
             except Exception:  # a poll must never stop the server
                 log.exception("repository poll failed; will try again")
-
-    def _setup_worker_metrics(self) -> None:
-        """With several workers each one publishes its samples to a shared directory every second,
-        and answers /metrics with the sum over all workers."""
-        mdir = os.environ.get(METRICS_DIR_ENV)
-        if not mdir:
-            return
-        me = os.environ.get(WORKER_ENV, str(os.getpid()))
-        path = Path(mdir) / f"worker-{me}.json"
-
-        async def publish():
-            while True:
-                data = json.dumps({"metrics": metrics.to_json(self.core.metric_families()), "stats": self.core.model_statistics(local=True)})
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(data)
-                os.replace(tmp, path)
-                await asyncio.sleep(1.0)
-
-        def others() -> list[dict]:
-            docs = []
-            for p in Path(mdir).glob("worker-*.json"):
-                if p != path:
-                    try:
-                        docs.append(json.loads(p.read_text()))
-                    except (OSError, ValueError):
-                        pass  # a worker gone or its file unreadable: skip it this time
-            return docs
-
-        def other_metrics() -> list:
-            fams: list = []
-            for doc in others():
-                metrics.merge(fams, metrics.from_json(doc["metrics"]))
-            return fams
-
-        self.core.extra_metrics.append(other_metrics)
-        self.core.extra_stats.append(lambda: [st for doc in others() for st in doc["stats"]])
-        self._tasks.append(asyncio.create_task(publish()))
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -250,6 +223,8 @@ class Server:
             self.repository.feature_log.close()  # the last samples to disk
         if getattr(self, "alerter", None) is not None:
             self.alerter.close()
+        if self.core.workers is not None:
+            await self.core.workers.stop()
         log.info("stopped")
 
 
@@ -280,7 +255,7 @@ def _run_workers(config: ServerConfig) -> int:
     with tempfile.TemporaryDirectory(prefix="parity-metrics-") as mdir:
         children = []
         for i in range(config.workers):
-            env = dict(os.environ, **{WORKER_ENV: str(i), METRICS_DIR_ENV: mdir})
+            env = dict(os.environ, **{WORKER_ENV: str(i), METRICS_DIR_ENV: mdir, WORKER_COUNT_ENV: str(config.workers)})
             children.append(subprocess.Popen([sys.executable, "-m", "parity", *sys.argv[1:]], env=env))
         stopping = False
 

@@ -130,6 +130,7 @@ class InferenceCore:
         self.prediction_log = None  # a parity.monitoring.performance.PredictionLog (late labels)
         self.retraining = None  # a parity.retraining.controller.RetrainingController
         self.slo = None  # a parity.monitoring.performance.SloTracker
+        self.workers = None  # a parity.serving.workers.WorkerGroup with --workers N
         self.skew: dict[str, dict] = {}  # feature service -> the periodic skew check's last report
 
     @staticmethod
@@ -197,12 +198,30 @@ class InferenceCore:
 
         return record
 
-    def feedback(self, request_id: str, labels, rows=None) -> dict:
+    async def feedback(self, request_id: str, labels, rows=None) -> dict:
+        """Join late labels with the request's logged predictions (in whichever worker logged it)."""
         if self.prediction_log is None:
             raise NotFound("this server keeps no prediction log (prediction_log_rows is 0)")
         if not isinstance(request_id, str) or not request_id:
             raise InvalidInput("feedback needs the 'id' of the inference request")
-        return self.prediction_log.feedback(request_id, labels, rows)
+        group = self.workers
+        result = self.prediction_log.feedback(request_id, labels, rows, count_missing=group is None)
+        if group is None:
+            return result
+        return await group.feedback(result, request_id, labels, rows)
+
+    async def monitoring_doc(self, model: str | None = None) -> dict:
+        """GET /v1/monitoring as served: the monitoring hub's document when this is one of
+        several workers (drift, performance and SLOs are kept there), else `monitoring()`."""
+        group = self.workers
+        if group is not None and not group.is_hub:
+            try:
+                return await group.ask(0, {"op": "monitoring", "model": model})
+            except (OSError, TimeoutError, ValueError) as e:
+                doc = self.monitoring(model)
+                doc["warning"] = f"the monitoring hub (worker 0) did not answer ({e}): this is worker {group.index}'s own view"
+                return doc
+        return self.monitoring(model)
 
     def monitors(self) -> list:
         return [
@@ -225,6 +244,8 @@ class InferenceCore:
             doc["retraining"] = self.retraining.describe()
         if self.skew:
             doc["skew"] = self.skew
+        if self.workers is not None:
+            doc["workers"] = {"count": self.workers.count, "hub": self.workers.index, "members": self.workers.members()}
         return doc
 
     def finish(self, req: InferRequest, plan: Plan, t0: int, outputs: dict) -> InferResponse:

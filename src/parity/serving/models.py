@@ -71,6 +71,7 @@ class Repository:
         self.feature_log = None  # a ServedFeatureLog sampling what feature-joined models were given
         self.monitor_config = None  # parity.monitoring.tap.MonitorConfig: versions with a profile are monitored
         self.alerter = None  # parity.monitoring.alerts.Alerter for drift alarms
+        self.monitor_forward = None  # with --workers N (not the hub): where closed drift windows go
         self._retiring: set[asyncio.Task] = set()
 
     # -- lookup (request path) ------------------------------------------------------------------
@@ -289,6 +290,8 @@ class Repository:
                 name, str(number), path.parent, run_config.inputs, run_config.outputs,
                 feature_input=config.features.input if config.features else None, config=self.monitor_config, alerter=self.alerter,
             )  # fmt: skip
+            if scheduler.monitor is not None:
+                scheduler.monitor.forward = self.monitor_forward
         version = Version(name, number, config, scheduler, stats, fp)
         if self._on_load is not None:
             self._on_load(version)

@@ -325,7 +325,7 @@ class GrpcService:
         from parity._proto.parity.v1 import monitoring_pb2 as mpb
 
         async def feedback(request, token=None):
-            result = self.core.feedback(request.id, list(request.labels), list(request.rows) or None)
+            result = await self.core.feedback(request.id, list(request.labels), list(request.rows) or None)
             status = result["status"]
             if status == "unknown":
                 raise NotFound(f"no served request with id {request.id!r} in the prediction log")

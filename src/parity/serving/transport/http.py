@@ -633,7 +633,7 @@ class HttpConnection(asyncio.Protocol):
                 self._not_allowed(seq, tail, method, _GET)
                 return
             rest = path[len(b"/v1/monitoring") :].strip(b"/")
-            self._json(seq, tail, 200, core.monitoring(rest.decode("utf-8", "replace") or None), method)
+            self._spawn_json(seq, tail, method, core.monitoring_doc(rest.decode("utf-8", "replace") or None))
             return
         if path == b"/v1/feedback":
             if method != "POST":
@@ -641,12 +641,20 @@ class HttpConnection(asyncio.Protocol):
                 return
             try:
                 doc = _parse_object(body, "the feedback")
-                result = core.feedback(doc.get("id"), doc.get("labels"), doc.get("rows"))
             except ParityError as e:
                 self._error(seq, tail, e, method)
                 return
-            status = {"joined": 200, "partial": 200, "duplicate": 200, "unknown": 404, "expired": 410, "invalid": 400}[result["status"]]
-            self._json(seq, tail, status, result, "POST")
+
+            async def feedback():
+                try:
+                    result = await core.feedback(doc.get("id"), doc.get("labels"), doc.get("rows"))
+                except ParityError as e:
+                    self._error(seq, tail, e, method)
+                    return
+                status = {"joined": 200, "partial": 200, "duplicate": 200, "unknown": 404, "expired": 410, "invalid": 400}[result["status"]]
+                self._json(seq, tail, status, result, "POST")
+
+            self.owner.spawn(feedback())
             return
         if path.startswith(b"/v1/runs"):
             if method not in ("GET", "HEAD"):
@@ -654,19 +662,7 @@ class HttpConnection(asyncio.Protocol):
                 return
             from parity.tracking.http import route as runs_route
 
-            async def runs():
-                try:
-                    doc = await asyncio.to_thread(runs_route, core.metadata_db(), path.decode("utf-8", "replace"), query.decode("latin-1"))
-                except ParityError as e:
-                    self._error(seq, tail, e, method)
-                    return
-                except Exception as e:  # noqa: BLE001 - answered, logged
-                    log.exception("GET %s failed", path)
-                    self._error(seq, tail, InternalError(f"internal error: {type(e).__name__}: {e}"), method)
-                    return
-                self._json(seq, tail, 200, doc, method)
-
-            self.owner.spawn(runs())
+            self._spawn_json(seq, tail, method, asyncio.to_thread(runs_route, core.metadata_db(), path.decode("utf-8", "replace"), query.decode("latin-1")))
             return
         router = core.router
         if router is None:
@@ -807,6 +803,23 @@ class HttpConnection(asyncio.Protocol):
         body = dumps(doc)
         head = _HEAD_FMT % (_status_line(status), self.owner.date_line, _JSON, len(body))
         self._send(seq, head, None if method == "HEAD" else body, tail)
+
+    def _spawn_json(self, seq: int, tail: bytes, method: str, awaitable) -> None:
+        """Answer 200 with the JSON `awaitable` gives, or its error, once it is ready."""
+
+        async def answer():
+            try:
+                doc = await awaitable
+            except ParityError as e:
+                self._error(seq, tail, e, method)
+                return
+            except Exception as e:  # noqa: BLE001 - answered, logged
+                log.exception("%s failed", method)
+                self._error(seq, tail, InternalError(f"internal error: {type(e).__name__}: {e}"), method)
+                return
+            self._json(seq, tail, 200, doc, method)
+
+        self.owner.spawn(answer())
 
     def _empty(self, seq: int, tail: bytes, status: int, method: str = "GET") -> None:
         self._send(seq, _HEAD_FMT % (_status_line(status), self.owner.date_line, _TEXT, 0), None, tail)

@@ -1,0 +1,174 @@
+"""Monitoring with `--workers 2`: the kernel spreads connections over both workers, yet late labels
+join whichever worker logged the request, drift windows from both are tested in one place (worker
+0, the hub), the SLOs count every worker's requests, and every worker answers GET /v1/monitoring
+with the same document.  Each request and each feedback call below opens its own connection, so
+both workers take part."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from parity._proto.parity.v1 import monitoring_pb2 as mpb
+from parity._proto.parity.v1 import monitoring_pb2_grpc as mpb_grpc
+from parity.monitoring.profile import build_profile
+from parity.testing.models import mlp_config, mlp_reference, write_config, write_mlp_onnx
+from parity.testing.server import ServerProcess
+
+SIZES = [4, 8, 1]
+WINDOW = 200
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    d = tmp_path_factory.mktemp("workers-monitoring")
+    weights = write_mlp_onnx(d / "models" / "mlp" / "1" / "model.onnx", SIZES, seed=2)
+    write_config(d / "models" / "mlp", mlp_config(SIZES, max_batch_size=64))
+    train = np.random.default_rng(0).standard_normal((5000, 4)).astype(np.float32)
+    profile = build_profile({f"f{i}": train[:, i] for i in range(4)}, {"OUTPUT0": mlp_reference(train, weights)[:, 0]})
+    (d / "models" / "mlp" / "1" / "profile.json").write_text(json.dumps(profile))
+    args = ["--workers", "2", "--monitor-window-rows", str(WINDOW), "--slo-sample-secs", "0.5"]
+    with ServerProcess(d / "models", *args) as server:
+        # ready means one worker listens; wait for both, so that connections spread over them
+        wait_for(lambda: server.output().count("serving 1 model(s)") == 2, what="both workers listening")
+        yield server
+    assert server.returncode == 0
+
+
+def send(server, x: np.ndarray, request_id: str = "") -> np.ndarray:
+    client = httpclient.InferenceServerClient(server.http_url)  # a new connection: either worker
+    try:
+        t = httpclient.InferInput("INPUT0", list(x.shape), "FP32")
+        t.set_data_from_numpy(x)
+        return client.infer("mlp", [t], request_id=request_id).as_numpy("OUTPUT0")
+    finally:
+        client.close()
+
+
+def get_json(server, path: str) -> dict:
+    with urllib.request.urlopen(f"http://{server.http_url}{path}", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def metric(server, name: str, labels: str) -> float | None:
+    with urllib.request.urlopen(f"http://{server.http_url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    m = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def post_feedback(server, doc: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://{server.http_url}/v1/feedback", data=json.dumps(doc).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, json.loads(e.read())
+
+
+def wait_for(predicate, timeout=30.0, what="the condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def members(server) -> list[dict]:
+    return get_json(server, "/v1/monitoring")["workers"]["members"]
+
+
+def test_late_labels_join_in_whichever_worker_logged_the_request(served):
+    server = served
+    rng = np.random.default_rng(3)
+    ids = [f"w-req-{i}" for i in range(60)]
+    scores = {rid: send(server, rng.standard_normal((2, 4)).astype(np.float32), request_id=rid)[:, 0] for rid in ids}
+    for rid in ids[:40]:  # each on its own connection: about half reach the other worker
+        status, doc = post_feedback(server, {"id": rid, "labels": [float(s > 0) for s in scores[rid]]})
+        assert status == 200 and doc["status"] == "joined" and doc["rows"] == 2 and doc["model"] == "mlp", doc
+    for rid in ids[40:]:
+        with grpc.insecure_channel(server.grpc_url) as channel:
+            r = mpb_grpc.MonitoringServiceStub(channel).Feedback(mpb.FeedbackRequest(id=rid, labels=[float(s > 0) for s in scores[rid]]), timeout=10)
+        assert r.status == "joined" and r.joined == 2 and r.model == "mlp"
+    # a repeat is a duplicate wherever it lands; an id no worker served is unknown, once
+    assert post_feedback(server, {"id": ids[0], "labels": [float(s > 0) for s in scores[ids[0]]]})[1]["status"] == "duplicate"
+    assert post_feedback(server, {"id": "never-served", "labels": [1.0]})[0] == 404
+    assert post_feedback(server, {"id": ids[1], "labels": [1.0, 0.0, 1.0]})[0] == 400  # 3 labels for 2 rows, said by the holder
+
+    # every worker answers with the hub's rolling window: all 120 rows, one RMSE over all of them
+    preds = np.concatenate([scores[r] for r in ids]).astype(np.float64)
+    rmse = float(np.sqrt(np.mean((preds - (preds > 0)) ** 2)))
+    for _ in range(6):
+        perf = get_json(server, "/v1/monitoring")["performance"]
+        (mlp,) = [m for m in perf["models"] if m["model"] == "mlp"]
+        assert mlp["rows"] == 120 and mlp["labelled_rows_total"] == 120, mlp
+        assert abs(mlp["metrics"]["rmse"] - rmse) < 1e-5
+    # the two workers did hand work to each other, and kept nothing back from the hub
+    # (the other worker's counters are as it last published them: wait for a publication)
+    ms = wait_for(lambda: (ms := members(server)) and ms[-1]["forwarded"]["joined"] > 0 and ms, what="worker 1's joins in the hub")
+    assert [m["worker"] for m in ms] == [0, 1]
+    assert sum(m["feedback_joined_by_others"] for m in ms) > 0 and sum(m["feedback_joined_for_others"] for m in ms) > 0
+    assert all(m["kept_locally"] == {"windows": 0, "joined": 0} for m in ms)
+    # summed over the workers, each call is counted once, by its outcome
+    wait_for(lambda: metric(server, "parity_feedback_total", 'result="joined"') == 60, what="60 joined calls in /metrics")
+    assert metric(server, "parity_feedback_total", 'result="unknown"') == 1
+    assert metric(server, "parity_feedback_total", 'result="duplicate"') == 1
+    assert metric(server, "parity_feedback_rows_total", 'model="mlp",version="1"') == 120
+
+
+def test_drift_windows_of_both_workers_are_tested_in_the_hub(served):
+    server = served
+    rng = np.random.default_rng(11)
+    before = get_json(server, "/v1/monitoring/mlp")["models"][0]["windows_closed"]["count"]
+    for _ in range(12 * WINDOW // 20):  # twelve windows' worth, f0 shifted by one standard deviation
+        x = rng.standard_normal((20, 4)).astype(np.float32)
+        x[:, 0] += 1.0
+        send(server, x)
+    total = wait_for(lambda: metric(server, "parity_monitored_rows_total", 'model="mlp",version="1"') or None, what="monitored rows")
+    # each worker closes a window per 200 of its own rows; at most one open window each
+    expected = wait_for(lambda: (t := metric(server, "parity_monitored_rows_total", 'model="mlp",version="1"')) and t >= total and int(t) // WINDOW - 2)
+    entry = wait_for(lambda: (e := get_json(server, "/v1/monitoring/mlp")["models"][0])["windows_closed"]["count"] >= expected and e,
+                     what=f"{expected} windows tested in the hub")  # fmt: skip
+    assert entry["windows_closed"]["count"] - before >= 10
+    assert entry["alarms"] >= 10  # every shifted window alarms, from either worker
+    last = [w for w in entry["windows"] if w["kind"] == "count"][-1]["report"]
+    assert last["features"]["f0"]["alarm"] is True
+    wait_for(lambda: members(server)[1]["forwarded"]["windows"] >= 3, what="worker 1's windows in the hub")  # about half the traffic
+    # the gauges are the hub's verdicts, not sums over workers (2 would mean both reported);
+    # a worker shows the hub's as last published
+    wait_for(lambda: metric(server, "parity_drift_alarm", 'model="mlp",version="1",feature="f0"') is not None, what="the alarm gauge")
+    time.sleep(1.5)
+    for _ in range(4):
+        assert metric(server, "parity_drift_alarm", 'model="mlp",version="1",feature="f0"') == 1
+        assert metric(server, "parity_drift_alarm", 'model="mlp",version="1",feature="f1"') == 0
+
+
+def test_slos_count_the_requests_of_every_worker(served):
+    server = served
+
+    def requests_in_longest_window() -> float | None:
+        entry = get_json(server, "/v1/monitoring/mlp")["models"][0]
+        windows = (entry.get("slo") or {}).get("windows") or []
+        return windows[-1]["requests"] if windows and windows[-1]["requests"] is not None else None
+
+    start = wait_for(lambda: requests_in_longest_window() is not None and requests_in_longest_window(), what="two SLO samples")
+    # settle: the hub sums the other worker's counters as last published (once a second)
+    time.sleep(2.5)
+    start = requests_in_longest_window()
+    x = np.ones((1, 4), np.float32)
+    for _ in range(50):
+        send(server, x)
+    # without the other worker's counters the hub would see only its own share of the 50
+    wait_for(lambda: requests_in_longest_window() == start + 50, timeout=30, what="the SLO window to count all 50 requests")
