@@ -151,9 +151,15 @@ class ManagedServer:
 
         started = time.monotonic()
         try:
+            # Its own process group (stopped as one), but not its own session: Linux gives each
+            # session its own scheduling autogroup, and a server alone in one takes a whole core
+            # while perf_analyzer's 30-odd threads share the other. Its main thread, which closes
+            # the measurement windows, then falls behind its own workers above ~30,000 infer/s,
+            # and the run never ends (its memory grows by GBs). In one session, as when both are
+            # started from one shell, threads are scheduled alike.
             self.proc = subprocess.Popen(
                 self.cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=str(ROOT), env=self.env, start_new_session=True, preexec_fn=pin if affinity else None,
+                cwd=str(ROOT), env=self.env, process_group=0, preexec_fn=pin if affinity else None,
             )
         except OSError as exc:
             raise ServerError(f"{self.name}: cannot start {self.cmd[0]}: {exc}") from None
