@@ -38,6 +38,7 @@ class OnlineFeatures:
     status: dict[str, np.ndarray]  # int8, Status values
     age_ns: dict[str, np.ndarray]
     rows: int
+    clean: bool = False  # True: no value of any feature is null (every null column is all False)
 
     def status_names(self, name: str) -> list[str]:
         return [_STATUS_NAMES[int(s)] for s in self.status[name]]
@@ -161,6 +162,7 @@ class FeatureServer:
         nulls: dict[str, np.ndarray] = {}
         status: dict[str, np.ndarray] = {}
         ages: dict[str, np.ndarray] = {}
+        clean = True
         for r, (names, keyset, idx) in zip(read, plan.outputs):
             if not names:
                 continue  # read only for an on-demand view
@@ -170,6 +172,8 @@ class FeatureServer:
             else:  # a store that hands back plain dicts
                 vl = [r.values[f] for f in r.view.feature_names]
                 nl = [r.nulls[f] for f in r.view.feature_names]
+            if nl is not None:
+                clean = False
             if idx is not None:
                 vl = [vl[i] for i in idx]
                 nl = None if nl is None else [nl[i] for i in idx]
@@ -192,6 +196,8 @@ class FeatureServer:
             for name, view_name, feat in plan.on_demand_refs:
                 if view_name not in odv_cache:
                     odv_cache[view_name] = self._on_demand(self.repo.on_demand[view_name], results, request_values or {}, rows)
+                    if clean and odv_cache[view_name][1].any():
+                        clean = False
                 v, n, st, ag = odv_cache[view_name]
                 values[name] = v[feat]
                 nulls[name] = n
@@ -199,7 +205,7 @@ class FeatureServer:
                 ages[name] = ag
         if not plan.in_order:
             values, nulls, status, ages = ({n: d[n] for n in plan.names} for d in (values, nulls, status, ages))
-        return OnlineFeatures(list(plan.names), values, nulls, status, ages, rows)
+        return OnlineFeatures(list(plan.names), values, nulls, status, ages, rows, clean)
 
     def _on_demand(self, odv: OnDemandFeatureView, results: dict, request_values: dict, rows: int):
         repo = self.repo

@@ -179,13 +179,17 @@ class FeatureStage:
         rows = got.rows
         matrix = np.empty((rows, len(self.names)), dtype=self.dtype)
         vals = got.values
-        # one stack per run of features of one dtype, cast straight into the input's dtype
-        # (exactly what a column-by-column assignment gives)
+        # one assignment per run of features of one dtype, cast straight into the input's dtype
+        # (exactly what a column-by-column assignment gives): the run's columns are the rows of
+        # the transposed matrix
+        mt = matrix.T
         for start, stop, names in self._runs:
             if stop - start == 1:
                 matrix[:, start] = vals[names[0]]
             else:
-                matrix[:, start:stop] = np.stack([vals[n] for n in names], axis=1)
+                mt[start:stop] = [vals[n] for n in names]
+        if got.clean:  # nothing null: no row to reject or fill
+            return [matrix if i < 0 else inputs[i] for i in self._model_order], None, 0, time.perf_counter_ns() - t0
         missing: np.ndarray | None = None
         seen: dict[int, bool] = {}  # null columns are shared (per view, and all-False ones across calls)
         all_nulls = got.nulls
