@@ -28,9 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
-from bench.feature_join import free_port, log  # noqa: E402
+from bench.feature_join import free_port  # noqa: E402
 from bench.models import build_repository  # noqa: E402
 from bench.perf import Measurement, Target, run_perf  # noqa: E402
+
+
+def log(message: str) -> None:
+    print(f"[monitoring-overhead] {message}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
@@ -107,14 +111,17 @@ def main(argv=None) -> int:
         "concurrency": args.concurrency, "rounds": len(runs["mlp32"]), "plain_per_s": plain, "monitored_per_s": monitored,
         "overhead": 1 - monitored / plain, "plain_p50_us": statistics.median(r["p50_us"] for r in runs["mlp32"]),
         "monitored_p50_us": statistics.median(r["p50_us"] for r in runs["mlp32_monitored"]),
+        "plain_cpu_us_per_request": _median_cpu(runs["mlp32"]), "monitored_cpu_us_per_request": _median_cpu(runs["mlp32_monitored"]),
         "monitored_rows": entry.get("rows"), "windows_closed": entry.get("windows_closed"), "monitoring_errors": entry.get("errors"),
         "runs": runs,
     }  # fmt: skip
     print(f"\nMLP-32, perf_analyzer gRPC concurrency {args.concurrency}, {result['rounds']} alternating rounds (medians)")
-    print("| model | infer/s | p50 us |\n|---|---|---|")
-    print(f"| not monitored | {plain:.0f} | {result['plain_p50_us']:.0f} |")
-    print(f"| monitored (profile of 32 inputs + output) | {monitored:.0f} | {result['monitored_p50_us']:.0f} |")
-    print(f"overhead of monitoring: {100 * result['overhead']:.1f}% (goal < 3%); rows binned {entry.get('rows')}, "
+    cpu_p, cpu_m = result["plain_cpu_us_per_request"], result["monitored_cpu_us_per_request"]
+    print("| model | infer/s | p50 us | server CPU us/request |\n|---|---|---|---|")
+    print(f"| not monitored | {plain:.0f} | {result['plain_p50_us']:.0f} | {_fmt(cpu_p)} |")
+    print(f"| monitored (profile of 32 inputs + output) | {monitored:.0f} | {result['monitored_p50_us']:.0f} | {_fmt(cpu_m)} |")
+    cpu_note = f"; server CPU per request {100 * (cpu_m / cpu_p - 1):+.1f}%" if cpu_p and cpu_m else ""
+    print(f"overhead of monitoring: {100 * result['overhead']:.1f}% of throughput (goal < 3%){cpu_note}; rows binned {entry.get('rows')}, "
           f"windows tested {entry.get('windows_closed')}, errors {entry.get('errors')}")  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,6 +129,15 @@ def main(argv=None) -> int:
     path.write_text(json.dumps(result, indent=1))
     print(f"wrote {path}")
     return 0
+
+
+def _median_cpu(runs: list[dict]) -> float | None:
+    values = [r["server_cpu_us_per_request"] for r in runs if r.get("server_cpu_us_per_request")]
+    return statistics.median(values) if values else None
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
 
 
 if __name__ == "__main__":
