@@ -77,6 +77,8 @@ class VersionMonitor:
         self.time_acc = self._new()
         self.time_included = self._new()
         self._single_output = len(output_names) == 1 and output_names == list(profile.get("output_names") or [])
+        self._out_name = output_names[0] if self._single_output else None
+        self._window_rows, self._time_secs = config.window_rows, config.time_window_secs
         # small batches are gathered and counted together (one compiled pass per FLUSH_ROWS rows:
         # the per-call overhead of counting is paid once, not per batch)
         self._pending: list = []
@@ -103,18 +105,20 @@ class VersionMonitor:
         """Count one batch (never raises)."""
         try:
             x = inputs[self.input_index]
-            if x.ndim == 1:
-                x = x.reshape(-1, 1)
             if x.ndim != 2 or x.shape[1] != self._n_features:  # checked here: a gathered batch must be countable
-                raise ValueError(f"the monitored input has shape {list(x.shape)}; the profile has {self._n_features} features")
+                if x.ndim == 1:
+                    x = x.reshape(-1, 1)
+                if x.ndim != 2 or x.shape[1] != self._n_features:
+                    raise ValueError(f"the monitored input has shape {list(x.shape)}; the profile has {self._n_features} features")
             outs = None
-            if self._single_output:  # one output column: counted as a [rows, 1] block, one compiled pass
-                name = self.outputs[0]
-                for n, arr in zip(output_names, results):
-                    if n == name:
-                        outs = arr.reshape(arr.shape[0], -1)[:, :1]
-                        if outs.shape[0] != x.shape[0]:
-                            raise ValueError(f"output {name} has {outs.shape[0]} rows for {x.shape[0]} input rows")
+            if self._single_output:  # one output column: gathered as is, cut to [rows, 1] when counted
+                try:
+                    outs = results[output_names.index(self._out_name)]
+                except ValueError:
+                    pass  # not asked for by this batch's requests: its features are counted alone
+                else:
+                    if outs.ndim == 0 or len(outs) != len(x):
+                        raise ValueError(f"output {self._out_name} has shape {list(outs.shape)} for {len(x)} input rows")
             elif self.outputs:
                 outs = {}
                 for name, arr in zip(output_names, results):
@@ -122,15 +126,14 @@ class VersionMonitor:
                         outs[name] = arr.reshape(arr.shape[0], -1)[:, 0] if arr.ndim > 1 else arr
             closed = []
             with self.lock:
-                rows = x.shape[0]
+                rows = len(x)
                 self.rows += rows
                 if outs is None or not isinstance(outs, dict):
                     self._pending.append((x, outs))
-                    self._pending_rows += rows
-                    if self._pending_rows < FLUSH_ROWS and self.count_window.rows + self._pending_rows < self.config.window_rows:
-                        now = time.time()
-                        if now - self.time_started < self.config.time_window_secs:
-                            return
+                    pending = self._pending_rows = self._pending_rows + rows
+                    if (pending < FLUSH_ROWS and self.count_window.rows + pending < self._window_rows
+                            and time.time() - self.time_started < self._time_secs):  # fmt: skip
+                        return
                     self._flush()
                 else:
                     self._flush()
@@ -168,6 +171,8 @@ class VersionMonitor:
         else:
             x = np.concatenate([p[0] for p in pending])
             outs = None if pending[0][1] is None else np.concatenate([p[1] for p in pending])
+        if outs is not None:
+            outs = outs.reshape(len(outs), -1)[:, :1]
         self.count_window.add(features=x, outputs=outs)
 
     # -- closed windows (background thread) --------------------------------------------------------
