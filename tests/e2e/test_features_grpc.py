@@ -7,13 +7,10 @@ the problem, a server without a feature repository says how to start one."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -30,7 +27,7 @@ from parity.features.online.base import Status
 from parity.features.retrieval import OnlineFeatures
 from parity.serving.transport.grpc_service import _feature_vector
 from parity.testing.models import mlp_config, write_config, write_mlp_onnx
-from parity.testing.server import ServerProcess
+from parity.testing.server import ServerProcess, post_json
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = ROOT / "configs" / "features" / "example_repo.py"
@@ -40,13 +37,7 @@ HOURS = [3, 0, 23, 12, 18, 7]
 
 
 def post(url: str, doc) -> tuple[int, dict]:
-    req = urllib.request.Request(f"http://{url}/v1/features/online", data=json.dumps(doc).encode(), method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, json.loads(e.read())
+    return post_json(url, "/v1/features/online", doc)
 
 
 def write_models(models: Path) -> Path:

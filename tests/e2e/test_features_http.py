@@ -21,20 +21,14 @@ import redis
 
 from parity.features.example import end_history_at, generate
 from parity.testing.models import mlp_config, write_config, write_mlp_onnx
-from parity.testing.server import ServerProcess
+from parity.testing.server import ServerProcess, post_json
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = ROOT / "configs" / "features" / "example_repo.py"
 
 
 def post(url: str, doc) -> tuple[int, dict]:
-    req = urllib.request.Request(f"http://{url}/v1/features/online", data=json.dumps(doc).encode(), method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, json.loads(e.read())
+    return post_json(url, "/v1/features/online", doc)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])

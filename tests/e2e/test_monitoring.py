@@ -20,9 +20,8 @@ import tritonclient.http as httpclient
 
 from parity._proto.parity.v1 import monitoring_pb2 as mpb
 from parity._proto.parity.v1 import monitoring_pb2_grpc as mpb_grpc
-from parity.monitoring.profile import build_profile
-from parity.testing.models import mlp_config, mlp_reference, write_config, write_mlp_onnx
-from parity.testing.server import ServerProcess
+from parity.testing.models import write_monitored_mlp
+from parity.testing.server import ServerProcess, post_json
 from parity.testing.webhook import WebhookRecorder
 
 SIZES = [4, 8, 1]
@@ -32,11 +31,7 @@ WINDOW = 200
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     d = tmp_path_factory.mktemp("monitoring")
-    weights = write_mlp_onnx(d / "models" / "mlp" / "1" / "model.onnx", SIZES, seed=2)
-    write_config(d / "models" / "mlp", mlp_config(SIZES, max_batch_size=64))
-    train = np.random.default_rng(0).standard_normal((5000, 4)).astype(np.float32)
-    profile = build_profile({f"f{i}": train[:, i] for i in range(4)}, {"OUTPUT0": mlp_reference(train, weights)[:, 0]})
-    (d / "models" / "mlp" / "1" / "profile.json").write_text(json.dumps(profile))
+    weights = write_monitored_mlp(d / "models", SIZES)
     with WebhookRecorder() as hook:
         args = ["--monitor-window-rows", str(WINDOW), "--alert-webhook", hook.url]
         with ServerProcess(d / "models", *args) as server:
@@ -114,13 +109,7 @@ def test_late_labels_join_logged_predictions_over_http_and_grpc(served):
         scores[rid] = send(server, rng.standard_normal((2, 4)).astype(np.float32), request_id=rid)[:, 0]
 
     def post(doc):
-        req = urllib.request.Request(f"http://{server.http_url}/v1/feedback", data=json.dumps(doc).encode(), method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            with e:
-                return e.code, json.loads(e.read())
+        return post_json(server.http_url, "/v1/feedback", doc)
 
     for rid in ids[:20]:  # labels: the sign of the score, so the rolling RMSE is known exactly
         status, doc = post({"id": rid, "labels": [float(s > 0) for s in scores[rid]]})

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import urllib.error
 import urllib.request
 
 import grpc
@@ -19,9 +18,8 @@ import tritonclient.http as httpclient
 
 from parity._proto.parity.v1 import monitoring_pb2 as mpb
 from parity._proto.parity.v1 import monitoring_pb2_grpc as mpb_grpc
-from parity.monitoring.profile import build_profile
-from parity.testing.models import mlp_config, mlp_reference, write_config, write_mlp_onnx
-from parity.testing.server import ServerProcess
+from parity.testing.models import write_monitored_mlp
+from parity.testing.server import ServerProcess, post_json
 
 SIZES = [4, 8, 1]
 WINDOW = 200
@@ -30,11 +28,7 @@ WINDOW = 200
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     d = tmp_path_factory.mktemp("workers-monitoring")
-    weights = write_mlp_onnx(d / "models" / "mlp" / "1" / "model.onnx", SIZES, seed=2)
-    write_config(d / "models" / "mlp", mlp_config(SIZES, max_batch_size=64))
-    train = np.random.default_rng(0).standard_normal((5000, 4)).astype(np.float32)
-    profile = build_profile({f"f{i}": train[:, i] for i in range(4)}, {"OUTPUT0": mlp_reference(train, weights)[:, 0]})
-    (d / "models" / "mlp" / "1" / "profile.json").write_text(json.dumps(profile))
+    write_monitored_mlp(d / "models", SIZES)
     args = ["--workers", "2", "--monitor-window-rows", str(WINDOW), "--slo-sample-secs", "0.5"]
     with ServerProcess(d / "models", *args) as server:
         # ready means one worker listens; wait for both, so that connections spread over them
@@ -66,13 +60,7 @@ def metric(server, name: str, labels: str) -> float | None:
 
 
 def post_feedback(server, doc: dict) -> tuple[int, dict]:
-    req = urllib.request.Request(f"http://{server.http_url}/v1/feedback", data=json.dumps(doc).encode(), method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, json.loads(e.read())
+    return post_json(server.http_url, "/v1/feedback", doc)
 
 
 def wait_for(predicate, timeout=30.0, what="the condition"):

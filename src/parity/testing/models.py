@@ -105,6 +105,22 @@ def write_add_model(root: Path, width: int = 4, max_batch_size: int = 8, name: s
     )
 
 
+def write_monitored_mlp(models: Path, sizes: list[int], *, name: str = "mlp", seed: int = 2, max_batch_size: int = 64) -> list:
+    """An ONNX MLP in `models/<name>/1` with a reference profile (profile.json) of its inputs
+    (features f0..fN-1, drawn from a standard normal) and its output: a monitored version.
+    Returns the weights (for `mlp_reference`)."""
+    import json
+
+    from parity.monitoring.profile import build_profile
+
+    weights = write_mlp_onnx(models / name / "1" / "model.onnx", sizes, seed=seed)
+    write_config(models / name, mlp_config(sizes, max_batch_size=max_batch_size))
+    train = np.random.default_rng(0).standard_normal((5000, sizes[0])).astype(np.float32)
+    profile = build_profile({f"f{i}": train[:, i] for i in range(sizes[0])}, {"OUTPUT0": mlp_reference(train, weights)[:, 0]})
+    (models / name / "1" / "profile.json").write_text(json.dumps(profile))
+    return weights
+
+
 def write_config(model_dir: Path, config: dict) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

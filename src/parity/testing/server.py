@@ -20,6 +20,19 @@ import urllib.request
 from pathlib import Path
 
 
+def post_json(address: str, path: str, doc, headers: dict | None = None, timeout: float = 10) -> tuple[int, dict]:
+    """POST `doc` as JSON to http://address/path: (status, the JSON answer), errors included."""
+    import json
+
+    req = urllib.request.Request(f"http://{address}{path}", data=json.dumps(doc).encode(), method="POST", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, json.loads(e.read())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
