@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -21,7 +20,7 @@ import tritonclient.http as httpclient
 from parity._proto.parity.v1 import monitoring_pb2 as mpb
 from parity._proto.parity.v1 import monitoring_pb2_grpc as mpb_grpc
 from parity.testing.models import write_monitored_mlp
-from parity.testing.server import ServerProcess, post_json
+from parity.testing.server import ServerProcess, post_json, wait_for
 from parity.testing.webhook import WebhookRecorder
 
 SIZES = [4, 8, 1]
@@ -48,15 +47,6 @@ def send(server, x: np.ndarray, request_id: str = "") -> np.ndarray:
 def monitoring(server) -> dict:
     with urllib.request.urlopen(f"http://{server.http_url}/v1/monitoring", timeout=10) as r:
         return json.loads(r.read())
-
-
-def wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (v := predicate()):
-            return v
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def test_drift_is_caught_in_the_first_window_after_a_shift_and_not_before(served):

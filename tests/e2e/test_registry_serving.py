@@ -20,7 +20,7 @@ import tritonclient.http as httpclient
 
 from parity.registry import Registry
 from parity.testing.models import mlp_reference, write_identity_onnx, write_mlp_onnx
-from parity.testing.server import ServerProcess
+from parity.testing.server import ServerProcess, wait_for
 
 SIZES = [4, 8, 1]
 TOKEN = "s3cret"
@@ -89,16 +89,6 @@ def post(server, path: str, token: str | None = TOKEN) -> tuple[int, dict]:
     except urllib.error.HTTPError as e:
         with e:
             return e.code, json.loads(e.read())
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 X = np.random.default_rng(0).standard_normal((3, SIZES[0])).astype(np.float32)

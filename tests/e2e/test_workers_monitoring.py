@@ -19,7 +19,7 @@ import tritonclient.http as httpclient
 from parity._proto.parity.v1 import monitoring_pb2 as mpb
 from parity._proto.parity.v1 import monitoring_pb2_grpc as mpb_grpc
 from parity.testing.models import write_monitored_mlp
-from parity.testing.server import ServerProcess, post_json
+from parity.testing.server import ServerProcess, post_json, wait_for
 
 SIZES = [4, 8, 1]
 WINDOW = 200
@@ -61,17 +61,6 @@ def metric(server, name: str, labels: str) -> float | None:
 
 def post_feedback(server, doc: dict) -> tuple[int, dict]:
     return post_json(server.http_url, "/v1/feedback", doc)
-
-
-def wait_for(predicate, timeout=30.0, what="the condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def members(server) -> list[dict]:

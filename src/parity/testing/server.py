@@ -20,6 +20,19 @@ import urllib.request
 from pathlib import Path
 
 
+def wait_for(predicate, timeout: float = 30.0, what: str = "the condition", interval: float = 0.05):
+    """Poll `predicate` until it returns something true, and return that; AssertionError (with
+    the last value) after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+
+
 def post_json(address: str, path: str, doc, headers: dict | None = None, timeout: float = 10) -> tuple[int, dict]:
     """POST `doc` as JSON to http://address/path: (status, the JSON answer), errors included."""
     import json
