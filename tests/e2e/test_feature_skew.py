@@ -107,9 +107,12 @@ def test_a_transform_changed_on_the_serving_side_only_is_caught(setup, tmp_path)
     assert verify(env, tmp_path / "log", "--max-mismatch-rate", "1.0")[0] == 0
 
 
-def test_the_server_checks_skew_periodically_and_alerts(setup, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_server_checks_skew_periodically_and_alerts(setup, tmp_path, workers):
     """--feature-verify-secs: the server recomputes its own log against the training repository
-    (--feature-verify-repo) and exports the mismatch rate; with skew, the rate is 1."""
+    (--feature-verify-repo) and exports the mismatch rate; with skew, the rate is 1.  With two
+    workers the log holds both workers' samples and worker 0 alone checks it: one rate, not a
+    sum over workers."""
     import time
     import urllib.request
 
@@ -118,7 +121,7 @@ def test_the_server_checks_skew_periodically_and_alerts(setup, tmp_path):
     users = pd.read_parquet(d / "data" / "users.parquet")["user_id"].unique()[:4]
     merchants = pd.read_parquet(d / "data" / "merchants.parquet")["merchant_id"].unique()[:4]
     with ServerProcess(d / "models", "--feature-repository", str(skewed), "--online-store", url, "--feature-log", str(log),
-                       "--feature-log-sample-rate", "1", "--feature-verify-secs", "0.5", "--feature-verify-repo", str(REPO), env=env) as server:  # fmt: skip
+                       "--feature-log-sample-rate", "1", "--feature-verify-secs", "0.5", "--feature-verify-repo", str(REPO), "--workers", str(workers), env=env) as server:  # fmt: skip
         client = httpclient.InferenceServerClient(server.http_url)
         for u, m in zip(users, merchants):
             tensors = []
@@ -140,7 +143,12 @@ def test_the_server_checks_skew_periodically_and_alerts(setup, tmp_path):
                 break
             time.sleep(0.2)
         line = next(x for x in text.splitlines() if x.startswith('parity_feature_skew_rate{service="fraud_detection"}'))
-        assert float(line.rsplit(" ", 1)[1]) > 0.5, line
+        assert 0.5 < float(line.rsplit(" ", 1)[1]) <= 1.0, line
+        for _ in range(6):  # and it stays a rate once every worker has published (each second)
+            time.sleep(0.5)
+            with urllib.request.urlopen(f"http://{server.http_url}/metrics", timeout=10) as r:
+                line = next(x for x in r.read().decode().splitlines() if x.startswith('parity_feature_skew_rate{service="fraud_detection"}'))
+            assert 0.5 < float(line.rsplit(" ", 1)[1]) <= 1.0, line
         with urllib.request.urlopen(f"http://{server.http_url}/v1/monitoring", timeout=10) as r:
             skew = json.loads(r.read())["skew"]["fraud_detection"]
         assert skew["features"]["transaction_features__amount_z"]["mismatches"] >= 1

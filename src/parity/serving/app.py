@@ -57,20 +57,20 @@ class Server:
     async def start(self) -> None:
         cfg = self.config
         self.repository.scan()  # a missing directory fails here, with its name
-        # A lone server listens first, so liveness answers while models load and readiness waits
-        # for them.  A worker sharing its ports listens only once loaded: the kernel spreads new
-        # connections over every listener, and none should land on a worker that cannot serve yet.
+        group = self.core.workers = WorkerGroup.from_env(self.core)  # with --workers N (see parity.serving.workers)
         if cfg.feature_repository:
             self.core.features = self.repository.features = open_feature_server(cfg)
             if cfg.feature_log_dir:
                 from parity.features.skew import ServedFeatureLog
 
                 self.repository.feature_log = ServedFeatureLog(cfg.feature_log_dir, cfg.feature_log_sample_rate)
-                if cfg.feature_verify_secs > 0:
+                if cfg.feature_verify_secs > 0 and (group is None or group.is_hub):  # every worker's log, checked once
                     self._tasks.append(asyncio.get_running_loop().create_task(self._verify_skew_forever()))
         self.transports = make_transports(self.core, cfg)
+        # A lone server listens first, so liveness answers while models load and readiness waits
+        # for them.  A worker sharing its ports listens only once loaded: the kernel spreads new
+        # connections over every listener, and none should land on a worker that cannot serve yet.
         shared_ports = os.environ.get(WORKER_ENV) is not None
-        group = self.core.workers = WorkerGroup.from_env(self.core)
         if group is not None:
             await group.start()  # siblings may send windows and feedback as soon as any serves
             if not group.is_hub:
