@@ -7,6 +7,7 @@ audit log."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import urllib.error
@@ -226,7 +227,19 @@ def test_shadows_answer_in_the_background_and_are_recorded(env):
             assert 'parity_shadow_requests_total{result="answered"}' in r.read().decode()
 
 
-def test_a_canary_that_holds_is_promoted_and_one_that_fails_is_rolled_back(env):
+@contextlib.contextmanager
+def serving(env, workers: int):
+    """The server with `workers` processes, once every one of them listens (so that connections,
+    one per request here, reach all of them)."""
+    with (env.server("--workers", str(workers)) if workers > 1 else env.server()) as server:
+        wait_for(lambda: server.output().count(" model(s): http on ") >= workers, what=f"{workers} workers listening")
+        yield server
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_canary_that_holds_is_promoted_and_one_that_fails_is_rolled_back(env, workers):
+    """With two workers, worker 0 judges the canary on both workers' traffic and the other
+    follows: one promotion, one record per step, one rollback -- not one per worker."""
     v1, v2 = env.register("fraud", 1), env.register("fraud", 2)
     env.alias("fraud", "champion", v1)
     env.alias("fraud", "canary", v2)
@@ -235,7 +248,7 @@ def test_a_canary_that_holds_is_promoted_and_one_that_fails_is_rolled_back(env):
         "targets:\n  - {model: fraud@champion}\n"
         "canary: {model: fraud@canary, steps: [20, 50], interval_secs: 0.5, min_requests: 10, max_error_rate: 0.05, promote_to: champion}\n",
     )  # fmt: skip
-    with env.server() as server:
+    with serving(env, workers) as server:
         def promoted():
             for _ in range(10):
                 infer(server, "fraud", X)
@@ -244,7 +257,9 @@ def test_a_canary_that_holds_is_promoted_and_one_that_fails_is_rolled_back(env):
         wait_for(promoted, timeout=60, what="the canary's promotion")
         wait_for(lambda: infer(server, "fraud", X)[0] == "2", what="traffic on the promoted version")
         promote = [h for h in env.registry.history("fraud") if h.action == "promote"]
-        assert promote and promote[-1].version == v2 and promote[-1].evidence["requests"] >= 10
+        assert len(promote) == 1 and promote[0].version == v2 and promote[0].evidence["requests"] >= 10
+        steps = [h.reason for h in env.registry.history("fraud") if h.action == "traffic" and h.version == v2]
+        assert sorted(steps) == sorted(["canary fraud@canary starts at 20%", "canary fraud@canary held; now 50%"]), steps
 
     # a canary that fails: an identity model whose output name does not match the endpoint's
     # clients (OUTPUT0 missing): every canary request fails -> rolled back at once
@@ -254,19 +269,20 @@ def test_a_canary_that_holds_is_promoted_and_one_that_fails_is_rolled_back(env):
     write_identity_onnx(bad, TensorProto.FLOAT, ["batch", 3])  # takes [batch, 3]: every [1, 4] request fails
     v3 = env.registry.register("fraud", {"model.onnx": bad}, actor="test", reason="broken on purpose").version
     env.alias("fraud", "canary", v3)
-    with env.server() as server:
+    with serving(env, workers) as server:
         def rolled_back():
             for _ in range(10):
                 try:
                     infer(server, "fraud", X)
                 except Exception:  # noqa: BLE001 - the canary's failures are the point
                     pass
-            return get_json(server, "/v1/routes")["endpoints"]["fraud"]["canary"]["state"] == "rolled_back"
+            # every worker says so (each GET may reach either): worker 0 decided, the other follows
+            return all(get_json(server, "/v1/routes")["endpoints"]["fraud"]["canary"]["state"] == "rolled_back" for _ in range(4 * workers))
 
         wait_for(rolled_back, timeout=60, what="the rollback")
         for _ in range(10):
             assert infer(server, "fraud", X)[0] == "2"  # all traffic back on the champion
-    assert any(h.action == "rollback" and h.version == v3 for h in env.registry.history("fraud"))
+    assert [h.version for h in env.registry.history("fraud") if h.action == "rollback"] == [v3]
 
 
 class _Proxy:

@@ -177,6 +177,17 @@ class Server:
         router = Router(self.repository, Path(cfg.routes), open_registry, cfg.model_repository, poll_secs=cfg.registry_poll_secs)
         self.core.router = router
         self.core.extra_metrics.append(router.families)
+        group = self.core.workers
+        if group is not None:  # one canary judgment and one audit trail for all the workers
+            group.published_extra["counters"] = router.local_counters
+            group.published.append(lambda: [f for f in router.families() if f.kind == "counter"])
+            if group.is_hub:
+                router.peer_counters = lambda key: [c[key] for c in group.peer_extras("counters") if key in c]
+                group.published_extra["canary"] = router.canary_states
+                router.on_canary_change = group.push_canary_states
+            else:
+                router.follow = lambda: group.hub_extra("canary")
+                router.audits = False
         await router.start()
         self._router = router
         if cfg.retraining and (self.core.workers is None or self.core.workers.is_hub):  # one controller per group

@@ -35,9 +35,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,7 +100,7 @@ class Deployment:
 
     def canary_share(self) -> float:
         c, s = self.route.canary, self.canary
-        if c is None or self.canary_version is None or s.state != "stepping" or s.step < 0:
+        if c is None or self.canary_version is None or s.state != "stepping" or s.step < 0 or s.version != self.canary_version.number:
             return 0.0
         return c.steps[s.step] / 100.0
 
@@ -127,6 +129,14 @@ class Router:
         self._task: asyncio.Task | None = None
         self.shadow_counts = {"answered": 0, "failed": 0, "dropped": 0}
         self.checks = 0  # registry resolutions attempted (each poll and reload), for observers
+        # With --workers N (parity.serving.workers): worker 0 judges the canaries on the counters
+        # of every worker (`peer_counters(key)`: the other workers' (ok, bad, histogram) of a
+        # "model/version") and writes the audit log; the others follow its canary states
+        # (`follow()`: {endpoint: state}) and write nothing.
+        self.peer_counters: Callable[[str], list] | None = None
+        self.follow: Callable[[], dict] | None = None
+        self.on_canary_change: Callable[[dict], None] | None = None  # worker 0 pushes its states with it
+        self.audits = True
 
     @property
     def registry(self):
@@ -327,7 +337,9 @@ class Router:
         if profile:  # the reference profile: the version is monitored for drift
             import json
 
-            profile_path.write_text(json.dumps(profile))
+            tmp = profile_path.with_name(f".{profile_path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(profile))
+            tmp.replace(profile_path)
         else:
             profile_path.unlink(missing_ok=True)
         config = {k: v for k, v in serving.items()}
@@ -351,7 +363,7 @@ class Router:
         # model's (what the repository reads first) as a copy of it
         for cfg in (self.cache / model / f"config.{number}.yaml", self.cache / model / "config.yaml"):
             if not cfg.exists() or cfg.read_text() != text:
-                tmp = cfg.with_name(f".{cfg.name}.tmp")
+                tmp = cfg.with_name(f".{cfg.name}.{os.getpid()}.tmp")  # several workers may write at once
                 tmp.write_text(text)
                 tmp.replace(cfg)
 
@@ -395,6 +407,8 @@ class Router:
         return None if m is None else m.versions.get(target[1])
 
     def _audit(self, moved, old_routes, new_routes, reason: str) -> None:
+        if not self.audits:
+            return
         try:
             for ref, old, new in moved:
                 self.registry.record(
@@ -455,7 +469,7 @@ class Router:
         """A canary reference that moved to a new version starts its rollout from the first step."""
         v = dep.canary_version
         s = dep.canary
-        if v is None:
+        if v is None or self.follow is not None:  # a follower takes its canary states from worker 0
             return
         if any(self._version(ref) is v for ref, _ in dep.route.targets):
             if s.version != v.number:  # the canary is a version the targets already serve: nothing to roll out
@@ -463,10 +477,51 @@ class Router:
             return
         if s.version != v.number:
             s.version, s.step, s.state, s.since, s.last = v.number, 0, "stepping", time.monotonic(), {}
-            s.base, s.base_stable = _counters(v), self._stable_counters(dep)
+            s.base, s.base_stable = self._counters(v), self._stable_counters(dep)
             self._record_async("traffic", v, f"canary {dep.route.canary.ref} starts at {dep.route.canary.steps[0]:g}%", {"endpoint": dep.route.endpoint, "step": 0})
 
+    def _counters(self, v: Version) -> tuple:
+        """(successes, server-side failures, request-duration histogram) of a version: this
+        process's, plus the other workers' when this is worker 0 of several."""
+        ok, bad, hist = _counters(v)
+        if self.peer_counters is not None:
+            for pok, pbad, phist in self.peer_counters(f"{v.model}/{v.number}"):
+                ok, bad = ok + pok, bad + pbad
+                if len(phist) == len(hist):
+                    hist = [a + b for a, b in zip(hist, phist)]
+        return ok, bad, hist
+
+    def local_counters(self) -> dict:
+        """This process's counters of every loaded version, by "model/version" (published for
+        worker 0)."""
+        return {f"{m.name}/{n}": _counters(v) for m in list(self.repository.models.values()) for n, v in list(m.versions.items())}
+
+    def canary_states(self) -> dict:
+        """{endpoint: the canary's version, step and state} (what followers take)."""
+        return {name: {"version": d.canary.version, "step": d.canary.step, "state": d.canary.state, "last": d.canary.last}
+                for name, d in self.endpoints.items() if d.route.canary is not None}  # fmt: skip
+
+    def _follow_states(self) -> None:
+        self.apply_canary_states(self.follow() or {})
+
+    def apply_canary_states(self, states: dict) -> None:
+        """Take worker 0's canary states (pushed when they change, and read each tick)."""
+        changed = False
+        for name, dep in self.endpoints.items():
+            st = states.get(name)
+            s = dep.canary
+            if dep.route.canary is None or not isinstance(st, dict):
+                continue
+            if (s.version, s.step, s.state) != (st.get("version"), st.get("step"), st.get("state")):
+                s.version, s.step, s.state, s.last = st.get("version"), st.get("step", -1), st.get("state", "idle"), st.get("last") or {}
+                changed = True
+        if changed:
+            self._rebuild()
+
     def _canary_tick(self) -> None:
+        if self.follow is not None:
+            self._follow_states()
+            return
         changed = False
         for dep in self.endpoints.values():
             c, s, v = dep.route.canary, dep.canary, dep.canary_version
@@ -476,11 +531,11 @@ class Router:
             for key, (ok0, bad0, _) in s.base_stable.items():
                 sv = self._stable_version(dep, key)
                 if sv is not None:
-                    ok1, bad1, _ = _counters(sv)
+                    ok1, bad1, _ = self._counters(sv)
                     stable_n += (ok1 - ok0) + (bad1 - bad0)
                     stable_bad += bad1 - bad0
             stable_rate = stable_bad / stable_n if stable_n else 0.0
-            ok, done, n, rate, p99 = _judge(v, s.base, c, stable_rate)
+            ok, done, n, rate, p99 = _judge(v, s.base, c, stable_rate, self._counters(v))
             s.last = {"requests": n, "error_rate": rate, "stable_error_rate": stable_rate, "p99_ms": p99, "step_percent": c.steps[s.step]}
             evidence = dict(s.last, max_error_rate=c.max_error_rate, max_p99_ms=c.max_p99_ms, min_requests=c.min_requests)
             if not ok:
@@ -493,7 +548,7 @@ class Router:
                 continue
             if s.step + 1 < len(c.steps):
                 s.step += 1
-                s.since, s.base, s.base_stable = time.monotonic(), _counters(v), self._stable_counters(dep)
+                s.since, s.base, s.base_stable = time.monotonic(), self._counters(v), self._stable_counters(dep)
                 changed = True
                 self._record_async("traffic", v, f"canary {c.ref} held; now {c.steps[s.step]:g}%", evidence)
             else:
@@ -506,13 +561,15 @@ class Router:
                     self._record_async("traffic", v, f"canary {c.ref} held at every step", evidence)
         if changed:
             self._rebuild()
+            if self.on_canary_change is not None:
+                self.on_canary_change(self.canary_states())
 
     def _stable_counters(self, dep: Deployment) -> dict:
         out = {}
         for ref, _ in dep.route.targets:
             v = self._version(ref)
             if v is not None and v is not dep.canary_version:
-                out[(v.model, v.number)] = _counters(v)
+                out[(v.model, v.number)] = self._counters(v)
         return out
 
     def _stable_version(self, dep: Deployment, key: tuple) -> Version | None:
@@ -530,6 +587,9 @@ class Router:
         await self.reload(reason=f"promotion of {model}/{number} to {alias}", only_if_changed=True)
 
     def _record_async(self, action: str, version: Version, reason: str, evidence: dict) -> None:
+        if not self.audits:
+            return
+
         def write():
             try:
                 self.registry.record(action, version.model, ACTOR, reason=reason, evidence=evidence, version=version.number)
@@ -647,14 +707,14 @@ def _counters(v: Version) -> tuple:
     return (s.success_count, bad, list(s.request_hist.counts))
 
 
-def _judge(v: Version, base: tuple, c, stable_rate: float = 0.0) -> tuple[bool, bool, int, float, float | None]:
+def _judge(v: Version, base: tuple, c, stable_rate: float = 0.0, now: tuple | None = None) -> tuple[bool, bool, int, float, float | None]:
     """(bounds hold, enough evidence, requests, error rate, p99 ms) of the canary since `base`.
     The error rule is relative: the canary's error rate may exceed the stable versions' (over the
     same time) by at most max_error_rate, so clients sending bad requests to every version do not
     roll a canary back.  A canary whose failures already exceed that bound over min_requests is
     rolled back before min_requests are in."""
     ok0, bad0, hist0 = base
-    ok1, bad1, hist1 = _counters(v)
+    ok1, bad1, hist1 = _counters(v) if now is None else now
     good, bad = ok1 - ok0, bad1 - bad0
     n = good + bad
     rate = bad / n if n else 0.0

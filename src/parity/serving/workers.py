@@ -18,6 +18,9 @@ Worker 0 is the group's *monitoring hub*; the others forward what must be seen i
   The answer is given only when the hub holds the rows, so a read after it sees them.
 - **SLOs and retraining.**  The hub samples the request counters summed over every worker, and is
   the only worker that runs the retraining controller (no duplicate retraining runs).
+- **Canaries** (serving from the registry).  The hub judges each canary step on the counters of
+  every worker (each publishes its versions' counters every second), moves aliases and writes the
+  audit log; the others take the hub's canary states and route their traffic by them.
 - **GET /v1/monitoring** answered by any worker is the hub's document.
 
 When the hub cannot be reached (it is restarting, say), a worker tests its windows and keeps its
@@ -76,6 +79,7 @@ class WorkerGroup:
         self.count = max(count, index + 1)
         self.is_hub = index == HUB
         self.published: list[Callable[[], list]] = [core.metric_families]  # what this worker publishes
+        self.published_extra: dict[str, Callable[[], object]] = {}  # more of it, by name (JSON-able)
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -132,7 +136,8 @@ class WorkerGroup:
                 fams: list = []
                 for source in self.published:
                     fams += source()
-                doc = {"metrics": metrics.to_json(fams), "stats": self.core.model_statistics(local=True), "group": self.describe()}
+                doc = {"metrics": metrics.to_json(fams), "stats": self.core.model_statistics(local=True), "group": self.describe(),
+                       "extra": {name: source() for name, source in self.published_extra.items()}}  # fmt: skip
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(doc))
                 os.replace(tmp, path)
@@ -166,6 +171,18 @@ class WorkerGroup:
         """Every worker's `describe()` (the others' as last published)."""
         others = [doc["group"] for doc in self._others() if isinstance(doc.get("group"), dict)]
         return sorted([self.describe(), *others], key=lambda d: d.get("worker", 0))
+
+    def peer_extras(self, name: str) -> list:
+        """The other workers' last published `published_extra[name]` values."""
+        return [doc["extra"][name] for doc in self._others() if name in (doc.get("extra") or {})]
+
+    def hub_extra(self, name: str):
+        """Worker 0's last published `published_extra[name]` (None before it has published)."""
+        try:
+            doc = json.loads((self.dir / f"worker-{HUB}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return (doc.get("extra") or {}).get(name)
 
     def other_stats(self) -> list:
         return [st for doc in self._others() for st in doc["stats"]]
@@ -218,6 +235,11 @@ class WorkerGroup:
             if result["status"] not in ("unknown", "expired"):
                 self.feedback_from_peers += 1
             return result
+        if op == "canary":
+            router = getattr(self.core, "router", None)
+            if router is not None and not self.is_hub:
+                router.apply_canary_states(doc.get("states") or {})
+            return {"ok": True}
         if not self.is_hub:
             return {"ok": False, "error": f"worker {self.index} is not the monitoring hub"}
         if op == "window":
@@ -278,6 +300,22 @@ class WorkerGroup:
             self._fallback("joined", e)
             self.core.prediction_log.add_joined(joined["model"], joined["version"], joined["preds"], joined["labels"], joined["served"])
         return True
+
+    # -- canaries ----------------------------------------------------------------------------------
+
+    def push_canary_states(self, states: dict) -> None:
+        """Worker 0's canary states changed (a step, a rollback, a promotion): tell the others
+        now, so that none keeps sending traffic to a rolled-back canary until its next poll."""
+        async def push(i: int) -> None:
+            try:
+                await self.ask(i, {"op": "canary", "states": states}, timeout=5.0)
+            except (OSError, TimeoutError, ValueError) as e:
+                log.warning("worker %d did not take the canary states (%s); it reads them within a second", i, e)
+
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            for i in self.peers:
+                loop.create_task(push(i))
 
     # -- drift windows -----------------------------------------------------------------------------
 
