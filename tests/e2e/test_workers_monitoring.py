@@ -99,10 +99,14 @@ def test_late_labels_join_in_whichever_worker_logged_the_request(served):
     assert sum(m["feedback_joined_by_others"] for m in ms) > 0 and sum(m["feedback_joined_for_others"] for m in ms) > 0
     assert all(m["kept_locally"] == {"windows": 0, "joined": 0} for m in ms)
     # summed over the workers, each call is counted once, by its outcome
-    wait_for(lambda: metric(server, "parity_feedback_total", 'result="joined"') == 60, what="60 joined calls in /metrics")
-    assert metric(server, "parity_feedback_total", 'result="unknown"') == 1
-    assert metric(server, "parity_feedback_total", 'result="duplicate"') == 1
-    assert metric(server, "parity_feedback_rows_total", 'model="mlp",version="1"') == 120
+    # (each worker's counts are as last published: wait for a publication, then hold them)
+    for name, labels, expected in (("parity_feedback_total", 'result="joined"', 60), ("parity_feedback_total", 'result="unknown"', 1),
+                                   ("parity_feedback_total", 'result="duplicate"', 1), ("parity_feedback_rows_total", 'model="mlp",version="1"', 120)):  # fmt: skip
+        wait_for(lambda: metric(server, name, labels) == expected, what=f"{name}{{{labels}}} == {expected}")
+    time.sleep(1.5)
+    for _ in range(4):
+        assert metric(server, "parity_feedback_total", 'result="unknown"') == 1
+        assert metric(server, "parity_feedback_total", 'result="joined"') == 60
 
 
 def test_drift_windows_of_both_workers_are_tested_in_the_hub(served):
