@@ -141,6 +141,31 @@ class FeatureServer:
         read = await self.store.read_async(requests, now_ns) if requests else []
         return self._assemble(plan, rows, read, request_values)
 
+    def start_online_features(self, features, entities: dict, request_values: dict | None, now_ns: int, done) -> bool:
+        """`get_online_features_async` without a coroutine, for the request path: True when the
+        read was sent (`done(features, None)` or `done(None, error)` follows, on the loop), False
+        when the store has no such way now (use `get_online_features_async`).  Invalid input
+        raises here, before anything is sent."""
+        start = getattr(self.store, "read_start", None)
+        if start is None:
+            return False
+        plan, rows, requests, now_ns = self._requests(features, entities, request_values, now_ns)
+        started = start(requests, now_ns) if requests else None
+        if started is None:
+            return False
+        fut, finish = started
+
+        def reply(f) -> None:
+            try:
+                got = self._assemble(plan, rows, finish(f), request_values)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                done(None, e)
+                return
+            done(got, None)
+
+        fut.add_done_callback(reply)
+        return True
+
     def _requests(self, features, entities: dict, request_values: dict | None, now_ns: int | None):
         plan = self.plan(features)
         rows = _rows(entities, request_values)

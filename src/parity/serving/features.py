@@ -173,6 +173,31 @@ class FeatureStage:
             got = await asyncio.to_thread(self.server.get_online_features, self.service, entities, values or None, now_ns)
         return self._build(inputs, entities, values, got, now_ns, t0)
 
+    def start(self, inputs: list[np.ndarray], done) -> bool:
+        """`fetch` without a task where the store allows it (Redis, on the loop's connection):
+        True when the read was sent and `done(result, None)` / `done(None, error)` follows with
+        what `fetch` returns; False: use `fetch`."""
+        start = getattr(self.server, "start_online_features", None)
+        if start is None:
+            return False
+        t0 = time.perf_counter_ns()
+        entities = {name: inputs[i].reshape(-1) for i, name in self._keys}
+        values = {name: inputs[i].reshape(-1) for i, name in self._values}
+        now_ns = time.time_ns()
+
+        def got_it(got, error) -> None:
+            if error is not None:
+                done(None, error)
+                return
+            try:
+                result = self._build(inputs, entities, values, got, now_ns, t0)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                done(None, e)
+                return
+            done(result, None)
+
+        return start(self.service, entities, values or None, now_ns, got_it)
+
     def _build(self, inputs, entities, values, got, now_ns: int, t0: int):
         if self.log is not None:
             self.log.record(self.service.name, entities, values, got, now_ns)

@@ -225,6 +225,10 @@ class Scheduler:
         t_start = time.perf_counter_ns()
         try:
             inputs, outputs, rows = self._prepare(batch)
+            # the read sent at once on the loop's Redis connection, answered by a callback; else
+            # (another store, no connection yet) a task awaits the store
+            if self.stage.start(inputs, lambda result, error: self._features_done(instance, batch, result, error, outputs, rows, t_start)):
+                return
             fut = asyncio.ensure_future(self.stage.fetch(inputs), loop=self.loop)
         except BaseException as e:
             self._release(instance)
@@ -240,11 +244,14 @@ class Scheduler:
 
     def _features_fetched(self, instance: Instance, batch: list[Pending], f, outputs, rows, t_start) -> None:
         exc = f.exception()
+        self._features_done(instance, batch, None if exc is not None else f.result(), exc, outputs, rows, t_start)
+
+    def _features_done(self, instance: Instance, batch: list[Pending], result, exc, outputs, rows, t_start) -> None:
         if exc is not None:
             self._release(instance)
             self._fail_batch(batch, exc)
             return
-        model_inputs, missing, defaulted, feature_ns = f.result()
+        model_inputs, missing, defaulted, feature_ns = result
         self.stats.record_features(feature_ns * 1e-9, missing.count() if missing is not None else 0, defaulted)
         in_ns = time.perf_counter_ns() - t_start  # stacking, the read and the assembly: the batch's input
         if instance.executor is None or rows <= self.inline_max_rows:

@@ -48,7 +48,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
 from parity.errors import InvalidInput, ParityError, Unavailable
-from parity.features.online.base import OnlineStore
+from parity.features.online.base import OnlineStore, build_result, check_view_name, entity_ids
 
 try:  # standalone reads pack their MGET with hiredis directly
     from hiredis import pack_command as _hiredis_pack
@@ -315,6 +315,42 @@ class RedisOnlineStore(OnlineStore):
             raise ParityError(f"the online store {self.url} refused a read: {e}") from e
         return _per_request(requests, values)
 
+    def read_start(self, requests, now_ns: int):
+        """`read_async` without a coroutine, for the request path: (the MGET's reply future,
+        `finish(future) -> [ViewResult]`), or None when this store or this loop's connection
+        cannot (then use `read_async`, which connects).  Must be called on the event loop."""
+        if self._aio_args is None or _hiredis_pack is None:
+            return None
+        import asyncio
+
+        conn = self._aio.get(asyncio.get_running_loop())
+        if conn is None:
+            return None
+        asked = [(check_view_name(view), view, entity_ids(keys)) for view, keys in requests]
+        names = [(name, ids) for name, _, ids in asked]
+        if not any(ids for _, ids in names):
+            return None
+        fut = conn.send_now(_mget_command(self.prefix, names))
+        if fut is None:
+            return None
+
+        def finish(done) -> list:
+            try:
+                values = done.result()
+            except Unavailable as e:
+                raise self._unavailable(e) from None
+            if not isinstance(values, list):
+                raise ParityError(f"the online store {self.url} refused a read: {values}")
+            return [build_result(view, b, now_ns) for (_, view, _), b in zip(asked, _per_request(names, values))]
+
+        return fut, finish
+
+    def _unavailable(self, e: Unavailable) -> Unavailable:
+        return Unavailable(
+            f"the online store {self.url} is unavailable ({e.message}); start Redis or fix the online store url "
+            f"(timeout {self.timeout}s), then retry -- the store reconnects by itself"
+        )
+
     async def _read_async(self, requests: list[tuple[str, list[str]]]) -> list[list[bytes | None]]:
         """One MGET on the event loop's own pipelined connection (`resp.AsyncRedis`): no thread
         hand-off, the loop serves other requests while Redis answers.  Cluster and TLS stores read
@@ -335,10 +371,7 @@ class RedisOnlineStore(OnlineStore):
         try:
             values = await conn.execute_packed(_mget_command(self.prefix, requests))
         except Unavailable as e:
-            raise Unavailable(
-                f"the online store {self.url} is unavailable ({e.message}); start Redis or fix the online store url "
-                f"(timeout {self.timeout}s), then retry -- the store reconnects by itself"
-            ) from None
+            raise self._unavailable(e) from None
         if not isinstance(values, list):
             raise ParityError(f"the online store {self.url} refused a read: {values}")
         return _per_request(requests, values)

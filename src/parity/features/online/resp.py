@@ -137,6 +137,14 @@ class AsyncRedis:
             protocol = await self._connect()
         return await self._send(protocol, packed)
 
+    def send_now(self, packed: bytes) -> asyncio.Future | None:
+        """`execute_packed` without a coroutine, on a connection already made: the reply's
+        future, or None when there is no live connection (then `execute_packed` connects)."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            return None
+        return self._send(protocol, packed)
+
     def close(self) -> None:
         protocol = self._protocol
         self._protocol = None
