@@ -409,8 +409,9 @@ def test_a_store_that_returns_plain_dicts_reads_the_same(server, service):
 
 
 def test_reads_from_an_event_loop_equal_the_blocking_reads_on_both_backends(tmp_path):
-    """`read_async` (Redis: the event loop's own connection; SQLite: a worker thread) gives the
-    same results as `read`, for one entity and many, found and not."""
+    """`read_async` (Redis: the event loop's own connection; SQLite: a worker thread) and, on
+    Redis, the callback read of the request path (`read_start`) give the same results as `read`,
+    for one entity and many, found and not."""
     import asyncio
     import uuid
 
@@ -425,14 +426,28 @@ def test_reads_from_an_event_loop_equal_the_blocking_reads_on_both_backends(tmp_
             store.write(view, keys, {"a": keys.astype(np.float32) / 3, "b": keys * 7}, np.full(50, 10**18, dtype=np.int64))
             asks = [np.array([3]), np.arange(0, 80, 3)]
 
+            async def started(k):
+                """The callback read (`read_start`: the request path's), where the store has one."""
+                start = getattr(store, "read_start", None)
+                begun = start([(view, k)], 2 * 10**18) if start is not None else None
+                if begun is None:
+                    return None
+                fut, finish = begun
+                await asyncio.wait([fut])
+                return finish(fut)
+
             async def run():
                 try:
-                    return [await store.read_async([(view, k)], 2 * 10**18) for k in asks]
+                    first = [await store.read_async([(view, k)], 2 * 10**18) for k in asks]  # connects
+                    return first, [await started(k) for k in asks]
                 finally:
                     await store.close_async()
 
-            got = asyncio.run(run())
-            for k, (async_result,) in zip(asks, got):
+            got, by_callback = asyncio.run(run())
+            if url.startswith("redis"):
+                assert all(r is not None for r in by_callback)  # once connected, Redis takes the callback path
+                got += by_callback
+            for k, (async_result,) in zip(asks + asks, got):
                 (sync_result,) = store.read([(view, k)], 2 * 10**18)
                 assert async_result.status.tolist() == sync_result.status.tolist()
                 assert async_result.age_ns.tolist() == sync_result.age_ns.tolist()
