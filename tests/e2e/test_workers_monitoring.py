@@ -63,6 +63,18 @@ def post_feedback(server, doc: dict) -> tuple[int, dict]:
     return post_json(server.http_url, "/v1/feedback", doc)
 
 
+def held(server, expected: list[tuple[str, str, float]]) -> None:
+    """Each (metric, labels, value) reaches its value in /metrics and keeps it over scrapes that
+    either worker may answer (a worker shows the others' samples as they last published them,
+    once a second: so wait for the values, then for a publication, then check again)."""
+    for name, labels, value in expected:
+        wait_for(lambda: metric(server, name, labels) == value, what=f"{name}{{{labels}}} == {value}")
+    time.sleep(1.5)
+    for _ in range(4):
+        for name, labels, value in expected:
+            assert metric(server, name, labels) == value, (name, labels)
+
+
 def members(server) -> list[dict]:
     return get_json(server, "/v1/monitoring")["workers"]["members"]
 
@@ -99,14 +111,8 @@ def test_late_labels_join_in_whichever_worker_logged_the_request(served):
     assert sum(m["feedback_joined_by_others"] for m in ms) > 0 and sum(m["feedback_joined_for_others"] for m in ms) > 0
     assert all(m["kept_locally"] == {"windows": 0, "joined": 0} for m in ms)
     # summed over the workers, each call is counted once, by its outcome
-    # (each worker's counts are as last published: wait for a publication, then hold them)
-    for name, labels, expected in (("parity_feedback_total", 'result="joined"', 60), ("parity_feedback_total", 'result="unknown"', 1),
-                                   ("parity_feedback_total", 'result="duplicate"', 1), ("parity_feedback_rows_total", 'model="mlp",version="1"', 120)):  # fmt: skip
-        wait_for(lambda: metric(server, name, labels) == expected, what=f"{name}{{{labels}}} == {expected}")
-    time.sleep(1.5)
-    for _ in range(4):
-        assert metric(server, "parity_feedback_total", 'result="unknown"') == 1
-        assert metric(server, "parity_feedback_total", 'result="joined"') == 60
+    held(server, [("parity_feedback_total", 'result="joined"', 60), ("parity_feedback_total", 'result="unknown"', 1),
+                  ("parity_feedback_total", 'result="duplicate"', 1), ("parity_feedback_rows_total", 'model="mlp",version="1"', 120)])  # fmt: skip
 
 
 def test_drift_windows_of_both_workers_are_tested_in_the_hub(served):
@@ -127,13 +133,8 @@ def test_drift_windows_of_both_workers_are_tested_in_the_hub(served):
     last = [w for w in entry["windows"] if w["kind"] == "count"][-1]["report"]
     assert last["features"]["f0"]["alarm"] is True
     wait_for(lambda: members(server)[1]["forwarded"]["windows"] >= 3, what="worker 1's windows in the hub")  # about half the traffic
-    # the gauges are the hub's verdicts, not sums over workers (2 would mean both reported);
-    # a worker shows the hub's as last published
-    wait_for(lambda: metric(server, "parity_drift_alarm", 'model="mlp",version="1",feature="f0"') is not None, what="the alarm gauge")
-    time.sleep(1.5)
-    for _ in range(4):
-        assert metric(server, "parity_drift_alarm", 'model="mlp",version="1",feature="f0"') == 1
-        assert metric(server, "parity_drift_alarm", 'model="mlp",version="1",feature="f1"') == 0
+    # the gauges are the hub's verdicts, not sums over workers (2 would mean both reported)
+    held(server, [("parity_drift_alarm", 'model="mlp",version="1",feature="f0"', 1), ("parity_drift_alarm", 'model="mlp",version="1",feature="f1"', 0)])
 
 
 def test_slos_count_the_requests_of_every_worker(served):
