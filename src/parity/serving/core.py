@@ -216,7 +216,10 @@ class InferenceCore:
         group = self.workers
         if group is not None and not group.is_hub:
             try:
-                return await group.ask(0, {"op": "monitoring", "model": model})
+                doc = await group.ask(0, {"op": "monitoring", "model": model})
+                if doc.get("ok") is False:  # the hub could not make it: it said why
+                    raise ValueError(doc.get("error", "refused"))
+                return doc
             except (OSError, TimeoutError, ValueError) as e:
                 doc = self.monitoring(model)
                 doc["warning"] = f"the monitoring hub (worker 0) did not answer ({e}): this is worker {group.index}'s own view"

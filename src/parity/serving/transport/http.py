@@ -651,6 +651,10 @@ class HttpConnection(asyncio.Protocol):
                 except ParityError as e:
                     self._error(seq, tail, e, method)
                     return
+                except Exception as e:  # noqa: BLE001 - answered, logged
+                    log.exception("POST /v1/feedback failed")
+                    self._error(seq, tail, InternalError(f"internal error: {type(e).__name__}: {e}"), method)
+                    return
                 status = {"joined": 200, "partial": 200, "duplicate": 200, "unknown": 404, "expired": 410, "invalid": 400}[result["status"]]
                 self._json(seq, tail, status, result, "POST")
 
@@ -662,7 +666,10 @@ class HttpConnection(asyncio.Protocol):
                 return
             from parity.tracking.http import route as runs_route
 
-            self._spawn_json(seq, tail, method, asyncio.to_thread(runs_route, core.metadata_db(), path.decode("utf-8", "replace"), query.decode("latin-1")))
+            async def runs():  # the database is opened inside: its errors are answered too
+                return await asyncio.to_thread(runs_route, core.metadata_db(), path.decode("utf-8", "replace"), query.decode("latin-1"))
+
+            self._spawn_json(seq, tail, method, runs())
             return
         router = core.router
         if router is None:
@@ -814,7 +821,7 @@ class HttpConnection(asyncio.Protocol):
                 self._error(seq, tail, e, method)
                 return
             except Exception as e:  # noqa: BLE001 - answered, logged
-                log.exception("%s failed", method)
+                log.exception("%s request failed", method)
                 self._error(seq, tail, InternalError(f"internal error: {type(e).__name__}: {e}"), method)
                 return
             self._json(seq, tail, 200, doc, method)
