@@ -19,7 +19,7 @@ from onnx import TensorProto
 
 from parity.features.example import end_history_at, generate
 from parity.testing.models import write_config, write_identity_onnx
-from parity.testing.server import ServerProcess
+from parity.testing.server import ServerProcess, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = ROOT / "configs" / "features" / "example_repo.py"
@@ -144,9 +144,14 @@ def test_the_server_checks_skew_periodically_and_alerts(setup, tmp_path, workers
             time.sleep(0.2)
         line = next(x for x in text.splitlines() if x.startswith('parity_feature_skew_rate{service="fraud_detection"}'))
         assert 0.5 < float(line.rsplit(" ", 1)[1]) <= 1.0, line
-        time.sleep(1.5)  # every worker has published since (each second): any may answer now
+        if workers > 1:  # every worker has published since (each second): either may answer now
+            def publications() -> dict:
+                with urllib.request.urlopen(f"http://{server.http_url}/v1/monitoring", timeout=10) as r:
+                    return {m["worker"]: m["publications"] for m in json.loads(r.read())["workers"]["members"]}
+
+            marks = publications()
+            wait_for(lambda: all(n > marks.get(w, 0) for w, n in publications().items()), timeout=10, what="a publication by every worker")
         for _ in range(6):  # and it stays one rate, not a sum over the workers
-            time.sleep(0.3)
             with urllib.request.urlopen(f"http://{server.http_url}/metrics", timeout=10) as r:
                 line = next(x for x in r.read().decode().splitlines() if x.startswith('parity_feature_skew_rate{service="fraud_detection"}'))
             assert 0.5 < float(line.rsplit(" ", 1)[1]) <= 1.0, line

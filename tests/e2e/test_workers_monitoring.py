@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.request
 
 import grpc
@@ -69,10 +68,17 @@ def held(server, expected: list[tuple[str, str, float]]) -> None:
     once a second: so wait for the values, then for a publication, then check again)."""
     for name, labels, value in expected:
         wait_for(lambda: metric(server, name, labels) == value, what=f"{name}{{{labels}}} == {value}")
-    time.sleep(1.5)
+    published_since(server)
     for _ in range(4):
         for name, labels, value in expected:
             assert metric(server, name, labels) == value, (name, labels)
+
+
+def published_since(server) -> None:
+    """Wait until every worker has published its samples again (once a second) since this call:
+    from then on a scrape sums what each had counted by now, whichever worker answers it."""
+    marks = {m["worker"]: m["publications"] for m in members(server)}
+    wait_for(lambda: all(m["publications"] > marks.get(m["worker"], 0) for m in members(server)), timeout=10, what="a publication by every worker")
 
 
 def members(server) -> list[dict]:
@@ -119,7 +125,7 @@ def test_drift_windows_of_both_workers_are_tested_in_the_hub(served):
     server = served
     rng = np.random.default_rng(11)
     before = get_json(server, "/v1/monitoring/mlp")["models"][0]["windows_closed"]["count"]
-    time.sleep(1.5)  # both workers have published their rows since the test before
+    published_since(server)  # both workers' rows of the test before are in the sum
     rows_before = metric(server, "parity_monitored_rows_total", 'model="mlp",version="1"') or 0
     for _ in range(12 * WINDOW // 20):  # twelve windows' worth, f0 shifted by one standard deviation
         x = rng.standard_normal((20, 4)).astype(np.float32)
@@ -146,14 +152,21 @@ def test_drift_windows_of_both_workers_are_tested_in_the_hub(served):
 def test_slos_count_the_requests_of_every_worker(served):
     server = served
 
-    def requests_in_longest_window() -> float | None:
+    def longest_window() -> dict | None:
         entry = get_json(server, "/v1/monitoring/mlp")["models"][0]
         windows = (entry.get("slo") or {}).get("windows") or []
-        return windows[-1]["requests"] if windows and windows[-1]["requests"] is not None else None
+        return windows[-1] if windows and windows[-1]["requests"] is not None else None
 
-    start = wait_for(lambda: requests_in_longest_window() is not None and requests_in_longest_window(), what="two SLO samples")
-    # settle: the hub sums the other worker's counters as last published (once a second)
-    time.sleep(2.5)
+    def requests_in_longest_window() -> float | None:
+        w = longest_window()
+        return None if w is None else w["requests"]
+
+    wait_for(longest_window, what="two SLO samples")
+    # settle: every worker's earlier requests published, then sampled by the hub (its window
+    # covers a later sample)
+    published_since(server)
+    covered = longest_window()["covered_secs"]
+    wait_for(lambda: longest_window()["covered_secs"] > covered, what="an SLO sample after the publication")
     start = requests_in_longest_window()
     x = np.ones((1, 4), np.float32)
     for _ in range(50):

@@ -87,6 +87,7 @@ class WorkerGroup:
         self.fallbacks = {"windows": 0, "joined": 0}  # kept here: the hub could not take them
         self.feedback_from_peers = 0  # feedback calls this worker joined for another one
         self.feedback_by_peers = 0  # feedback calls another worker joined for this one
+        self.publications = 0  # samples published so far (observers wait for the next one)
         self._warned = False
 
     @classmethod
@@ -133,6 +134,7 @@ class WorkerGroup:
         path = self._own_file()
         while True:
             try:
+                self.publications += 1  # counted in the document it goes with
                 fams: list = []
                 for source in self.published:
                     fams += source()
@@ -165,7 +167,8 @@ class WorkerGroup:
     def describe(self) -> dict:
         """This worker's share of the group's traffic between workers."""
         return {"worker": self.index, "pid": os.getpid(), "forwarded": dict(self.forwarded), "kept_locally": dict(self.fallbacks),
-                "feedback_joined_for_others": self.feedback_from_peers, "feedback_joined_by_others": self.feedback_by_peers}  # fmt: skip
+                "feedback_joined_for_others": self.feedback_from_peers, "feedback_joined_by_others": self.feedback_by_peers,
+                "publications": self.publications}  # fmt: skip
 
     def members(self) -> list[dict]:
         """Every worker's `describe()` (the others' as last published)."""
