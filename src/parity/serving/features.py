@@ -121,6 +121,7 @@ class FeatureStage:
         self.model_inputs = tuple(model_inputs)
         self._keys = [(i, n) for i, (what, n) in enumerate(self._sources) if what == "key"]
         self._values = [(i, n) for i, (what, n) in enumerate(self._sources) if what == "value"]
+        self._start_read = getattr(server, "start_online_features", None)  # the callback read, where there is one
         self._ref_views = [v for v, _ in plan.refs]
         self._view_keys = {v.name: [k for k, _ in plan.keys[v.name]] for v in plan.stored}
         self._on_demand = {o.name: o for o in plan.on_demand}
@@ -150,20 +151,14 @@ class FeatureStage:
         """The model's inputs for a batch of client inputs (in `client_inputs` order), the rows
         to reject (None: none), the number of rows given defaults, and the time taken (ns).
         Reads the store synchronously: call it off the event loop (`fetch` is the loop's way)."""
-        t0 = time.perf_counter_ns()
-        entities = {name: inputs[i].reshape(-1) for i, name in self._keys}
-        values = {name: inputs[i].reshape(-1) for i, name in self._values}
-        now_ns = time.time_ns()
+        t0, entities, values, now_ns = self._request(inputs)
         got = self.server.get_online_features(self.service, entities, values or None, now_ns)
         return self._build(inputs, entities, values, got, now_ns, t0)
 
     async def fetch(self, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], "Missing | None", int, int]:
         """`assemble` for the event loop: the store is read without blocking the loop (Redis: on
         the loop's own connection; other stores: on a worker thread)."""
-        t0 = time.perf_counter_ns()
-        entities = {name: inputs[i].reshape(-1) for i, name in self._keys}
-        values = {name: inputs[i].reshape(-1) for i, name in self._values}
-        now_ns = time.time_ns()
+        t0, entities, values, now_ns = self._request(inputs)
         read = getattr(self.server, "get_online_features_async", None)
         if read is not None:
             got = await read(self.service, entities, values or None, now_ns)
@@ -177,13 +172,9 @@ class FeatureStage:
         """`fetch` without a task where the store allows it (Redis, on the loop's connection):
         True when the read was sent and `done(result, None)` / `done(None, error)` follows with
         what `fetch` returns; False: use `fetch`."""
-        start = getattr(self.server, "start_online_features", None)
-        if start is None:
+        if self._start_read is None:
             return False
-        t0 = time.perf_counter_ns()
-        entities = {name: inputs[i].reshape(-1) for i, name in self._keys}
-        values = {name: inputs[i].reshape(-1) for i, name in self._values}
-        now_ns = time.time_ns()
+        t0, entities, values, now_ns = self._request(inputs)
 
         def got_it(got, error) -> None:
             if error is not None:
@@ -196,7 +187,14 @@ class FeatureStage:
                 return
             done(result, None)
 
-        return start(self.service, entities, values or None, now_ns, got_it)
+        return self._start_read(self.service, entities, values or None, now_ns, got_it)
+
+    def _request(self, inputs: list[np.ndarray]) -> tuple[int, dict, dict, int]:
+        """(start time, entity key columns, request value columns, the read's time)."""
+        t0 = time.perf_counter_ns()
+        entities = {name: inputs[i].reshape(-1) for i, name in self._keys}
+        values = {name: inputs[i].reshape(-1) for i, name in self._values}
+        return t0, entities, values, time.time_ns()
 
     def _build(self, inputs, entities, values, got, now_ns: int, t0: int):
         if self.log is not None:

@@ -477,10 +477,10 @@ class Router:
             return
         if s.version != v.number:
             s.version, s.step, s.state, s.since, s.last = v.number, 0, "stepping", time.monotonic(), {}
-            s.base, s.base_stable = self._counters(v), self._stable_counters(dep)
+            s.base, s.base_stable = self._all_counters(v), self._stable_counters(dep)
             self._record_async("traffic", v, f"canary {dep.route.canary.ref} starts at {dep.route.canary.steps[0]:g}%", {"endpoint": dep.route.endpoint, "step": 0})
 
-    def _counters(self, v: Version) -> tuple:
+    def _all_counters(self, v: Version) -> tuple:
         """(successes, server-side failures, request-duration histogram) of a version: this
         process's, plus the other workers' when this is worker 0 of several."""
         ok, bad, hist = _counters(v)
@@ -531,11 +531,11 @@ class Router:
             for key, (ok0, bad0, _) in s.base_stable.items():
                 sv = self._stable_version(dep, key)
                 if sv is not None:
-                    ok1, bad1, _ = self._counters(sv)
+                    ok1, bad1, _ = self._all_counters(sv)
                     stable_n += (ok1 - ok0) + (bad1 - bad0)
                     stable_bad += bad1 - bad0
             stable_rate = stable_bad / stable_n if stable_n else 0.0
-            ok, done, n, rate, p99 = _judge(v, s.base, c, stable_rate, self._counters(v))
+            ok, done, n, rate, p99 = _judge(v, s.base, self._all_counters(v), c, stable_rate)
             s.last = {"requests": n, "error_rate": rate, "stable_error_rate": stable_rate, "p99_ms": p99, "step_percent": c.steps[s.step]}
             evidence = dict(s.last, max_error_rate=c.max_error_rate, max_p99_ms=c.max_p99_ms, min_requests=c.min_requests)
             if not ok:
@@ -548,7 +548,7 @@ class Router:
                 continue
             if s.step + 1 < len(c.steps):
                 s.step += 1
-                s.since, s.base, s.base_stable = time.monotonic(), self._counters(v), self._stable_counters(dep)
+                s.since, s.base, s.base_stable = time.monotonic(), self._all_counters(v), self._stable_counters(dep)
                 changed = True
                 self._record_async("traffic", v, f"canary {c.ref} held; now {c.steps[s.step]:g}%", evidence)
             else:
@@ -569,7 +569,7 @@ class Router:
         for ref, _ in dep.route.targets:
             v = self._version(ref)
             if v is not None and v is not dep.canary_version:
-                out[(v.model, v.number)] = self._counters(v)
+                out[(v.model, v.number)] = self._all_counters(v)
         return out
 
     def _stable_version(self, dep: Deployment, key: tuple) -> Version | None:
@@ -707,14 +707,15 @@ def _counters(v: Version) -> tuple:
     return (s.success_count, bad, list(s.request_hist.counts))
 
 
-def _judge(v: Version, base: tuple, c, stable_rate: float = 0.0, now: tuple | None = None) -> tuple[bool, bool, int, float, float | None]:
-    """(bounds hold, enough evidence, requests, error rate, p99 ms) of the canary since `base`.
+def _judge(v: Version, base: tuple, now: tuple, c, stable_rate: float = 0.0) -> tuple[bool, bool, int, float, float | None]:
+    """(bounds hold, enough evidence, requests, error rate, p99 ms) of the canary between its
+    counters `base` and `now`.
     The error rule is relative: the canary's error rate may exceed the stable versions' (over the
     same time) by at most max_error_rate, so clients sending bad requests to every version do not
     roll a canary back.  A canary whose failures already exceed that bound over min_requests is
     rolled back before min_requests are in."""
     ok0, bad0, hist0 = base
-    ok1, bad1, hist1 = _counters(v) if now is None else now
+    ok1, bad1, hist1 = now
     good, bad = ok1 - ok0, bad1 - bad0
     n = good + bad
     rate = bad / n if n else 0.0
