@@ -145,8 +145,10 @@ def test_drift_windows_of_both_workers_are_tested_in_the_hub(served):
     last = [w for w in entry["windows"] if w["kind"] == "count"][-1]["report"]
     assert last["features"]["f0"]["alarm"] is True
     wait_for(lambda: members(server)[1]["forwarded"]["windows"] >= 3, what="worker 1's windows in the hub")  # about half the traffic
-    # the gauges are the hub's verdicts, not sums over workers (2 would mean both reported)
-    held(server, [("parity_drift_alarm", 'model="mlp",version="1",feature="f0"', 1), ("parity_drift_alarm", 'model="mlp",version="1",feature="f1"', 0)])
+    # the gauges are the hub's verdicts, not sums over workers (2 would mean both reported);
+    # f1 is not shifted, but a window may still alarm on it by chance (the calibrated 1%)
+    held(server, [("parity_drift_alarm", 'model="mlp",version="1",feature="f0"', 1)])
+    assert metric(server, "parity_drift_alarm", 'model="mlp",version="1",feature="f1"') in (0, 1)
 
 
 def test_slos_count_the_requests_of_every_worker(served):

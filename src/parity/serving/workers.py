@@ -82,6 +82,7 @@ class WorkerGroup:
         self.published_extra: dict[str, Callable[[], object]] = {}  # more of it, by name (JSON-able)
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task] = []
+        self._inflight: set[asyncio.Task] = set()  # sends under way (held: the loop keeps only weak references)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.forwarded = {"windows": 0, "joined": 0}  # handed to the hub
         self.fallbacks = {"windows": 0, "joined": 0}  # kept here: the hub could not take them
@@ -119,6 +120,8 @@ class WorkerGroup:
         self._tasks.append(asyncio.get_running_loop().create_task(self._publish_forever()))
 
     async def stop(self) -> None:
+        if self._inflight:  # windows and states being handed over: let them arrive
+            await asyncio.wait(list(self._inflight), timeout=ASK_TIMEOUT)
         for t in self._tasks:
             t.cancel()
         if self._server is not None:
@@ -257,6 +260,11 @@ class WorkerGroup:
             return self.core.monitoring(doc.get("model"))
         return {"ok": False, "error": f"unknown worker message {op!r}"}
 
+    def _spawn(self, coro) -> None:
+        task = self._loop.create_task(coro)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
     def _fallback(self, what: str, err: Exception | str) -> None:
         self.fallbacks[what] += 1
         if not self._warned or self.fallbacks[what] % 100 == 0:
@@ -272,7 +280,7 @@ class WorkerGroup:
             return result
         if result["status"] not in ("unknown", "expired"):
             return result  # invalid before the lookup, or joined in the hub itself
-        question = {"op": "feedback", "id": request_id, "labels": _plain(labels), "rows": _plain(rows)}
+        question = {"op": "feedback", "id": request_id, "labels": labels, "rows": rows}  # as parsed: JSON lists, or lists from gRPC
 
         async def ask(i: int) -> dict | None:
             try:
@@ -318,7 +326,7 @@ class WorkerGroup:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             for i in self.peers:
-                loop.create_task(push(i))
+                self._spawn(push(i))
 
     # -- drift windows -----------------------------------------------------------------------------
 
@@ -328,7 +336,7 @@ class WorkerGroup:
         if loop is None or loop.is_closed():
             monitor.evaluate_later(kind, counts, start, end)
             return
-        loop.call_soon_threadsafe(lambda: loop.create_task(self._send_window(monitor, kind, counts, start, end)))
+        loop.call_soon_threadsafe(lambda: self._spawn(self._send_window(monitor, kind, counts, start, end)))
 
     async def _send_window(self, monitor, kind: str, counts, start: float, end: float) -> None:
         from parity.monitoring.tap import counts_doc
@@ -354,13 +362,3 @@ class WorkerGroup:
                 m.receive(doc["kind"], counts, float(doc["start"]), float(doc["end"]))
                 return {"ok": True}
         return {"ok": False, "error": f"the hub monitors no {model} version {version} (not loaded there yet)"}
-
-
-def _plain(value):
-    """JSON-able labels / rows (they may come from a protobuf repeated field)."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    try:
-        return [_plain(v) for v in value]
-    except TypeError:
-        return value
