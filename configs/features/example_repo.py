@@ -156,3 +156,26 @@ merchant_risk = FeatureService(
     on_missing="default",
     defaults={"merchant_profile:risk_score": 0.5, "merchant_profile:volume_log": 0.0},
 )
+
+# stored features only, from both views, in an order of the model's choosing: served on Redis by
+# copying each view's values straight from its blobs into the model's input
+account_snapshot = FeatureService(
+    name="account_snapshot",
+    features=(
+        "merchant_profile:volume_log",
+        "user_profile:age_bucket",
+        "user_profile:avg_amount_z",
+        "user_profile:country_bucket",
+        "merchant_profile:category_bucket",
+        "user_profile:account_age_days",
+    ),
+    on_missing="default",
+    defaults={
+        "merchant_profile:volume_log": 0.0,
+        "user_profile:age_bucket": -1,
+        "user_profile:avg_amount_z": 0.0,
+        "user_profile:country_bucket": -1,
+        "merchant_profile:category_bucket": -1,
+        "user_profile:account_age_days": 0.0,
+    },
+)

@@ -67,6 +67,17 @@ def write_models(models: Path) -> list:
             "features": {"service": "merchant_risk"},
         },
     )
+    write_identity_onnx(models / "snapshot" / "1" / "model.onnx", TensorProto.DOUBLE, ["batch", 6])
+    write_config(
+        models / "snapshot",
+        {
+            "max_batch_size": 64,
+            "inputs": [{"name": "IN", "datatype": "FP64", "shape": [6]}],
+            "outputs": [{"name": "OUT", "datatype": "FP64", "shape": [6]}],
+            "dynamic_batching": {},
+            "features": {"service": "account_snapshot"},
+        },
+    )
     write_mlp_onnx(models / "plain" / "1" / "model.onnx", [4, 8, 1])
     write_config(models / "plain", mlp_config([4, 8, 1], max_batch_size=8))
     return weights
@@ -286,6 +297,39 @@ def test_a_service_with_defaults_fills_a_missing_entity_and_counts_it(served):
     offline = training_rows(d, np.zeros(2, dtype=np.int64), np.array(["no-such-merchant", merchant], dtype=object), [0.0, 0.0], np.zeros(2, dtype=np.int64), "merchant_risk")
     assert offline.to_numpy(dtype=np.float64).tobytes() == out.tobytes()
     assert metric(server, "parity_feature_missing_rows_total", model="risk", policy="defaulted") == before + 1
+
+
+def test_a_service_of_stored_features_only_serves_the_training_sets_bits_found_or_not(served):
+    """`account_snapshot`: stored features of two views in the model's own order, with defaults.
+    On Redis, complete batches are copied straight from the blobs into the input and any batch
+    with a missing or expired value is decoded the general way; either way (and on SQLite) the
+    bits are the training set's, defaults included, one row per request and many."""
+    server, d, _ = served
+    users, merchants, amounts, hours = entities(d, 10, offset=4)
+    users = np.append(users, 987_654_321)  # an unknown user: its features take the defaults
+    merchants = np.append(merchants, merchants[:1])
+    amounts, hours = np.append(amounts, 1.0), np.append(hours, 3)
+    # the training set fills the service's defaults too: the model trained on these bits
+    expected = training_rows(d, users, merchants, amounts, hours, "account_snapshot").to_numpy(dtype=np.float64)
+    assert expected[-1, [1, 2, 3, 5]].tolist() == [-1, 0.0, -1, 0.0]  # the unknown user's features: the defaults
+    assert not np.isnan(expected).any()
+    n = len(users)
+
+    def inputs(module, s):
+        k = len(users[s])
+        uid = module.InferInput("user_id", [k, 1], "INT64")
+        uid.set_data_from_numpy(users[s].reshape(k, 1))
+        mid = module.InferInput("merchant_id", [k, 1], "BYTES")
+        mid.set_data_from_numpy(np.array([m.encode() for m in merchants[s]], dtype=object).reshape(k, 1))
+        return [uid, mid]
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    for j in range(n):  # one row at a time: the complete ones take the direct copy on Redis
+        assert client.infer("snapshot", inputs(grpcclient, slice(j, j + 1))).as_numpy("OUT").tobytes() == expected[j : j + 1].tobytes(), j
+    whole = httpclient.InferenceServerClient(server.http_url).infer("snapshot", inputs(httpclient, slice(0, n))).as_numpy("OUT")
+    assert whole.tobytes() == expected.tobytes()  # the missing row sends the whole batch the general way
+    complete = grpcclient.InferenceServerClient(server.grpc_url).infer("snapshot", inputs(grpcclient, slice(0, n - 1))).as_numpy("OUT")
+    assert complete.tobytes() == expected[: n - 1].tobytes()
 
 
 def test_bad_entity_inputs_are_invalid_argument_naming_them(served):

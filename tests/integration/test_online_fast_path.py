@@ -429,12 +429,16 @@ def test_reads_from_an_event_loop_equal_the_blocking_reads_on_both_backends(tmp_
             async def started(k):
                 """The callback read (`read_start`: the request path's), where the store has one."""
                 start = getattr(store, "read_start", None)
-                begun = start([(view, k)], 2 * 10**18) if start is not None else None
-                if begun is None:
+                if start is None:
                     return None
-                fut, finish = begun
-                await asyncio.wait([fut])
-                return finish(fut)
+                fut = asyncio.get_running_loop().create_future()
+
+                def done(result, error):
+                    fut.set_exception(error) if error is not None else fut.set_result(result)
+
+                if not start([(view, k)], 2 * 10**18, done):
+                    return None
+                return await fut
 
             async def run():
                 try:

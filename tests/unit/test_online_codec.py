@@ -267,6 +267,83 @@ def test_one_entity_ages_and_ttl_at_the_int64_extremes_equal_the_many_entity_pat
         assert one.values["a"].tobytes() == many.values["a"][[j]].tobytes() and one.nulls["a"][0] == many.nulls["a"][j]
 
 
+# ---------------------------------------------------------------- straight into a model's input
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_direct_copy_into_a_matrix_equals_the_decoded_columns_assigned_one_by_one(seed):
+    """`codec.Direct` (the request path of a model on stored features) against the general way
+    (decode the columns, then assign each feature into its matrix column, as the feature stage
+    does): the same bits, for random schemas, feature subsets in any order and any matrix dtype;
+    and no answer at all (None) for any batch with a missing, unreadable or null value."""
+    rng = random.Random(5000 + seed)
+    schema = [(n, d) for n, d in random_schema(rng) if d != "string"] or [("f0", "float64")]
+    view = make_view(schema)
+    rows = rng.choice([1, 1, 2, 7, 64])
+    numeric = list(range(len(schema)))
+    k = rng.randint(1, len(numeric))
+    features = rng.sample(numeric, k) if rng.random() < 0.5 else numeric[:k]  # shuffled, or a prefix in order
+    extra = rng.choice([0, 0, 3])  # columns the view does not fill
+    columns = rng.sample(range(k + extra), k) if rng.random() < 0.5 else list(range(k))
+    dtype = rng.choice([np.float32, np.float64, np.int64])
+    blobs = random_blobs(rng, view, rows, damaged=False)
+    decoded = codec.decode_columns(codec.layout(view), blobs)
+    direct = codec.Direct(codec.layout(view), features, columns)
+    complete = decoded.found is None and decoded.null_matrix is None
+    got = np.full((rows, k + extra), 7, dtype=dtype)
+    want = got.copy()
+    with np.errstate(invalid="ignore", over="ignore"):
+        ev = direct.fill(got, blobs)
+    if not complete:
+        assert ev is None
+        return
+    values = decoded.values()
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN / inf into int64: whatever numpy's cast gives, both ways
+        for i, c in zip(features, columns):
+            want[:, c] = values[schema[i][0]]
+    assert got.tobytes() == want.tobytes()
+    assert (np.asarray(ev).tolist() if rows > 1 else [ev]) == decoded.event_ts.tolist()
+    assert len(direct.runs) <= k
+
+
+@pytest.mark.parametrize("damage", ["none", "version", "fingerprint", "short", "trailing", "null"])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_direct_copy_declines_any_batch_with_an_incomplete_blob(damage, rows):
+    view = make_view([("a", "float32"), ("b", "int64"), ("c", "bool")])
+    cols = {"a": np.arange(rows, dtype=np.float32), "b": np.arange(rows), "c": np.ones(rows, bool)}
+    if damage == "null":
+        cols["b"] = np.ma.MaskedArray(cols["b"], mask=[j == rows - 1 for j in range(rows)])
+    blobs = codec.encode(view, cols, np.full(rows, NOW), np.zeros(rows, np.int64), rows)
+    direct = codec.Direct(codec.layout(view), [2, 0, 1], [0, 1, 2])
+    assert direct.fill(np.zeros((rows, 3)), list(blobs)) is not None or damage == "null"
+    b = bytearray(blobs[-1])
+    if damage == "none":
+        blobs[-1] = None
+    elif damage == "version":
+        b[0] = 2
+    elif damage == "fingerprint":
+        b[19] ^= 1
+    elif damage == "short":
+        b = b[:-1]
+    elif damage == "trailing":
+        b += b"x"
+    if damage not in ("none", "null"):
+        blobs[-1] = bytes(b)
+    assert direct.fill(np.zeros((rows, 3)), blobs) is None
+    # and a bool slot holding 2 (written by another writer) reads as True, as decode has it
+    ok = codec.encode(view, {k: np.ma.getdata(v) for k, v in cols.items()}, np.full(rows, NOW), np.zeros(rows, np.int64), rows)
+    odd = bytearray(ok[0])
+    odd[codec.layout(view).fixed.fields["f2"][1]] = 2
+    m = np.zeros((1, 3))
+    assert direct.fill(m, [bytes(odd)]) == NOW and m[0, 0] == 1.0
+
+
+def test_direct_copy_refuses_string_features():
+    view = make_view([("a", "float32"), ("s", "string")])
+    with pytest.raises(ValueError):
+        codec.Direct(codec.layout(view), [1], [0])
+
+
 # ---------------------------------------------------------------- the Redis read command
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from parity.errors import InvalidInput
 from parity.features.definitions import DTYPES, FeatureRepository, FeatureService, FeatureView, OnDemandFeatureView, apply_transform
-from parity.features.online.base import OnlineStore, Status
+from parity.features.online.base import OnlineStore, Status, build_result
 
 _STATUS_NAMES = {int(s): s.name for s in Status}
 
@@ -150,21 +150,39 @@ class FeatureServer:
         if start is None:
             return False
         plan, rows, requests, now_ns = self._requests(features, entities, request_values, now_ns)
-        started = start(requests, now_ns) if requests else None
-        if started is None:
+        if not requests:
             return False
-        fut, finish = started
 
-        def reply(f) -> None:
+        def reply(read, error) -> None:
+            if error is not None:
+                done(None, error)
+                return
             try:
-                got = self._assemble(plan, rows, finish(f), request_values)
+                got = self._assemble(plan, rows, read, request_values)
             except BaseException as e:  # noqa: BLE001 - handed to the caller
                 done(None, e)
                 return
             done(got, None)
 
-        fut.add_done_callback(reply)
-        return True
+        return start(requests, now_ns, reply)
+
+    def start_blobs(self, features, entities: dict, now_ns: int, done):
+        """The request path's raw read, for callers that decode the blobs themselves (a model's
+        feature stage copying them into its input): (plan, rows) when the read was sent -- then
+        `done(blob lists per stored view, None)` or `done(None, error)` follows --, None when the
+        store has no such way now.  `from_blobs` turns the blobs into what `get_online_features`
+        returns."""
+        start = getattr(self.store, "read_start", None)
+        if start is None:
+            return None
+        plan, rows, requests, now_ns = self._requests(features, entities, None, now_ns)
+        if not requests or not start(requests, now_ns, done, decode=False):
+            return None
+        return plan, rows
+
+    def from_blobs(self, plan: _Plan, rows: int, blobs: list, now_ns: int) -> OnlineFeatures:
+        """`get_online_features`'s answer from the blobs `start_blobs` handed over (no request values)."""
+        return self._assemble(plan, rows, [build_result(view, b, now_ns) for view, b in zip(plan.stored, blobs)], None)
 
     def _requests(self, features, entities: dict, request_values: dict | None, now_ns: int | None):
         plan = self.plan(features)

@@ -13,9 +13,13 @@ of its on-demand views (named after the field, in the field's datatype), and the
 inputs unchanged.  That signature is what ModelMetadata and ModelConfig publish, so tritonclient
 and perf_analyzer send entity ids as ordinary tensors.
 
-Per batch, in the runner's thread (never on the event loop): one online-store read for every
-entity of every request in the batch, the on-demand transforms, the features written into one
-[rows, N] array in the service's order and the model input's datatype, then the model.
+Per batch: one online-store read for every entity of every request in the batch, sent from the
+event loop without blocking it (Redis: on the loop's own connection, the reply handled by a
+callback), the on-demand transforms, the features written into one [rows, N] array in the
+service's order and the model input's datatype, then the model.  A service of stored features
+only, on Redis, skips the per-feature columns: each view's values are copied from its blobs into
+the array in a few slices (`codec.Direct`) whenever the whole batch is found, non-null and within
+its TTL; any other batch is decoded the general way (the same bits either way).
 
 A row with a missing feature (entity not found, value expired by TTL, or a null value) follows the
 service's `on_missing` policy: "reject" fails the request that sent the row with NOT_FOUND naming
@@ -33,7 +37,8 @@ import numpy as np
 from parity.config import DATATYPES, ModelConfig, TensorSpec
 from parity.errors import ConfigError, NotFound
 from parity.features.definitions import FeatureService
-from parity.features.online.base import Status
+from parity.features.online import codec
+from parity.features.online.base import Status, is_expired, is_expired_one, ttl_us
 from parity.features.retrieval import FeatureServer
 from parity.serving.datatypes import DTYPES
 
@@ -133,9 +138,30 @@ class FeatureStage:
                 self._runs[-1] = (first, j + 1, names + [self.names[j]])
             else:
                 self._runs.append((j, j + 1, [self.names[j]]))
+        self._plan = plan
+        self._direct = self._direct_plan(server, plan, repo)
         self.defaults: np.ndarray | None = None
         if service.on_missing == "default":
             self.defaults = np.array([service.defaults[f"{v}:{f}"] for v, f in plan.refs], dtype=self.dtype)
+
+    def _direct_plan(self, server, plan, repo):
+        """Per stored view, (codec.Direct, TTL in us): the blobs' values copied straight into the
+        input matrix on the request path, where the service takes stored features only and the
+        store hands the request path its blobs (Redis).  None: the general path always."""
+        if plan.on_demand or plan.request_fields or not hasattr(server, "start_blobs") or not plan.stored:
+            return None
+        if not hasattr(server.store, "read_start"):
+            return None
+        direct = []
+        covered: list[int] = []
+        for view in plan.stored:
+            columns = [j for j, (v, _) in enumerate(plan.refs) if v == view.name]
+            features = [view.feature_names.index(plan.refs[j][1]) for j in columns]
+            direct.append((codec.Direct(codec.layout(view), features, columns), ttl_us(view)))
+            covered += columns
+        if sorted(covered) != list(range(len(self.names))):
+            return None
+        return tuple(direct)
 
     def client_config(self, config: ModelConfig) -> ModelConfig:
         from dataclasses import replace
@@ -174,6 +200,8 @@ class FeatureStage:
         what `fetch` returns; False: use `fetch`."""
         if self._start_read is None:
             return False
+        if self._direct is not None and self.log is None:
+            return self._start_direct(inputs, done)
         t0, entities, values, now_ns = self._request(inputs)
 
         def got_it(got, error) -> None:
@@ -188,6 +216,35 @@ class FeatureStage:
             done(result, None)
 
         return self._start_read(self.service, entities, values or None, now_ns, got_it)
+
+    def _start_direct(self, inputs: list[np.ndarray], done) -> bool:
+        """`start` for a service of stored features only: the blobs are copied into the input
+        matrix as they come (`codec.Direct`); a batch where some value is missing, null or
+        expired is decoded the general way, so both give the same bits and the same errors."""
+        t0, entities, _, now_ns = self._request(inputs)
+
+        def got_blobs(blobs, error) -> None:
+            if error is not None:
+                done(None, error)
+                return
+            try:
+                result = self._fill(inputs, entities, blobs, now_ns, t0)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                done(None, e)
+                return
+            done(result, None)
+
+        return self.server.start_blobs(self.service, entities, now_ns, got_blobs) is not None
+
+    def _fill(self, inputs, entities, blobs: list, now_ns: int, t0: int):
+        rows = len(blobs[0])
+        matrix = np.empty((rows, len(self.names)), dtype=self.dtype)
+        for (direct, ttl), view_blobs in zip(self._direct, blobs):
+            ev = direct.fill(matrix, view_blobs)
+            if ev is None or (ttl > 0 and (is_expired_one(ev, now_ns, ttl) if rows == 1 else is_expired(ev, now_ns, ttl).any())):
+                got = self.server.from_blobs(self._plan, rows, blobs, now_ns)
+                return self._build(inputs, entities, {}, got, now_ns, t0)
+        return [matrix if i < 0 else inputs[i] for i in self._model_order], None, 0, time.perf_counter_ns() - t0
 
     def _request(self, inputs: list[np.ndarray]) -> tuple[int, dict, dict, int]:
         """(start time, entity key columns, request value columns, the read's time)."""

@@ -75,6 +75,12 @@ def is_expired(event_ts: np.ndarray, now_ns: int, ttl: int) -> np.ndarray:
     return (ev // 1000) < np.int64(threshold)
 
 
+def is_expired_one(event_ts: int, now_ns: int, ttl: int) -> bool:
+    """`is_expired` for one event time (Python ints: exact at the int64 extremes without the
+    clamps, since Python's // floors as numpy's does)."""
+    return ttl > 0 and event_ts // 1000 < now_ns // 1000 - ttl
+
+
 def age_ns(event_ts: np.ndarray, now_ns: int) -> np.ndarray:
     """now - event_ts per value, saturated to the int64 range."""
     ev = np.asarray(event_ts, dtype=np.int64)

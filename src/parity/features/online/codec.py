@@ -403,6 +403,63 @@ def decode_columns(lay: Layout, blobs: list) -> Columns:
     return Columns(lay, rows, found, ev, cr, blocks, strings, null_matrix)
 
 
+class Direct:
+    """Copies some of one view's features straight from its blobs into columns of a 2-D matrix (a
+    model's input), with no per-feature columns in between -- for reads where every blob is
+    complete.  Decided once per (view, features, columns): the features are split into runs that
+    are adjacent both in the blob and in the matrix and share a dtype, each copied in one step.
+
+    `fill` returns None (nothing is decided, the caller decodes the general way) unless every
+    blob is there, of the current schema, with no null bit set; otherwise it fills the columns and
+    returns the event times (an int for one row, else an int64 array) for the caller's TTL check.
+    The values are exactly those of `decode_columns` assigned into the matrix."""
+
+    __slots__ = ("layout", "runs", "size")
+
+    def __init__(self, lay: Layout, features: list[int], columns: list[int]):
+        if lay.strings and any(lay.dtypes[i] == "string" for i in features):
+            raise ValueError("string features cannot be copied into a numeric matrix")
+        offsets = [lay.fixed.fields[f"f{i}"][1] for i in features]
+        runs: list[list] = []  # [column start, column end, byte start, byte end, wire dtype, bool?]
+        for i, col, off in zip(features, columns, offsets):
+            dt = lay.dtypes[i]
+            wire = np.dtype(_SLOT[dt])
+            last = runs[-1] if runs else None
+            if last is not None and last[4] == wire and last[1] == col and last[3] == off and last[5] == (dt == "bool"):
+                last[1] += 1
+                last[3] += wire.itemsize
+            else:
+                runs.append([col, col + 1, off, off + wire.itemsize, wire, dt == "bool"])
+        self.layout = lay
+        self.runs = tuple((a, b, s, e, w, flag) for a, b, s, e, w, flag in runs)
+        self.size = lay.fixed_size
+
+    def fill(self, matrix: np.ndarray, blobs: list):
+        lay, size = self.layout, self.size
+        rows = len(blobs)
+        if rows == 1:
+            blob = blobs[0]
+            if blob is None or len(blob) != size or blob[0] != FORMAT_VERSION or blob[17:21] != lay.signature_bytes:
+                return None
+            nb = lay.bitmap_bytes
+            if blob[21 : 21 + nb].count(0) != nb:
+                return None
+            for a, b, s, e, wire, flag in self.runs:
+                part = np.frombuffer(blob, dtype=wire, count=b - a, offset=s)
+                matrix[0, a:b] = part != 0 if flag else part
+            return int.from_bytes(blob[1:9], "little", signed=True)
+        if not rows or None in blobs:
+            return None
+        joined = b"".join(blobs)
+        if len(joined) != rows * size or min(map(len, blobs)) != size or not _signed(lay, joined, rows) or not _bitmaps_clear(lay, joined, rows):
+            return None
+        raw = np.frombuffer(joined, dtype=np.uint8).reshape(rows, size)
+        for a, b, s, e, wire, flag in self.runs:
+            part = raw[:, s:e].view(wire)
+            matrix[:, a:b] = part != 0 if flag else part
+        return raw[:, 1:9].view("<i8")[:, 0]
+
+
 @dataclass
 class Decoded:
     found: np.ndarray  # bool per row: a blob of the current schema was there

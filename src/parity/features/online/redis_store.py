@@ -315,35 +315,43 @@ class RedisOnlineStore(OnlineStore):
             raise ParityError(f"the online store {self.url} refused a read: {e}") from e
         return _per_request(requests, values)
 
-    def read_start(self, requests, now_ns: int):
-        """`read_async` without a coroutine, for the request path: (the MGET's reply future,
-        `finish(future) -> [ViewResult]`), or None when this store or this loop's connection
-        cannot (then use `read_async`, which connects).  Must be called on the event loop."""
+    def read_start(self, requests, now_ns: int, done, decode: bool = True) -> bool:
+        """`read_async` without a coroutine, for the request path: True when the MGET was sent on
+        this loop's connection; then `done([ViewResult], None)` (with `decode=False`: per request,
+        the list of blobs, bytes or None) or `done(None, error)` follows, called from the reply's
+        arrival.  False when this store or this loop's connection cannot (then use `read_async`,
+        which connects).  Must be called on the event loop; invalid input raises here."""
         if self._aio_args is None or _hiredis_pack is None:
-            return None
+            return False
         import asyncio
 
         conn = self._aio.get(asyncio.get_running_loop())
         if conn is None:
-            return None
+            return False
         asked = [(check_view_name(view), view, entity_ids(keys)) for view, keys in requests]
         names = [(name, ids) for name, _, ids in asked]
         if not any(ids for _, ids in names):
-            return None
-        fut = conn.send_now(_mget_command(self.prefix, names))
-        if fut is None:
-            return None
+            return False
 
-        def finish(done) -> list:
-            try:
-                values = done.result()
-            except Unavailable as e:
-                raise self._unavailable(e) from None
+        def reply(values, error) -> None:
+            if error is not None:
+                done(None, self._unavailable(error) if isinstance(error, Unavailable) else error)
+                return
             if not isinstance(values, list):
-                raise ParityError(f"the online store {self.url} refused a read: {values}")
-            return [build_result(view, b, now_ns) for (_, view, _), b in zip(asked, _per_request(names, values))]
+                done(None, ParityError(f"the online store {self.url} refused a read: {values}"))
+                return
+            blobs = _per_request(names, values)
+            if not decode:
+                done(blobs, None)
+                return
+            try:
+                results = [build_result(view, b, now_ns) for (_, view, _), b in zip(asked, blobs)]
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                done(None, e)
+                return
+            done(results, None)
 
-        return fut, finish
+        return conn.send_call(_mget_command(self.prefix, names), reply)
 
     def _unavailable(self, e: Unavailable) -> Unavailable:
         return Unavailable(

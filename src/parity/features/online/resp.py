@@ -8,25 +8,33 @@ arrives, while the loop serves other requests.  No thread hand-off, no connectio
 - Bounded: every command has the store's timeout.  A timeout or a lost connection fails every
   command waiting on that connection with `Unavailable` (a late reply could no longer be matched)
   and drops the connection; the next command connects again, so the store recovers by itself
-  when Redis is back.
+  when Redis is back.  Replies come in order, so one timer per connection, set for the oldest
+  command's deadline, bounds them all (no timer per command).
+- A reply goes to a future (`execute`) or, on the request path, straight to a callback
+  (`send_call`: called from the reply's `data_received`, no hop through the loop's queue).
 - Connection setup (AUTH, SELECT) is pipelined in front of the first command.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 
 import hiredis
 
 from parity.errors import Unavailable
 
+log = logging.getLogger(__name__)
+
 
 class _Protocol(asyncio.Protocol):
     def __init__(self, owner: "AsyncRedis"):
         self.owner = owner
         self.reader = hiredis.Reader()
-        self.waiting: deque[asyncio.Future] = deque()
+        self.waiting: deque = deque()  # asyncio.Future or _Call per command sent, oldest first
+        self.deadlines: deque[float] = deque()  # loop.time() by which each one's reply is due
+        self.timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.lost = False
 
@@ -49,6 +57,7 @@ class _Protocol(asyncio.Protocol):
                 self.fail(Unavailable("Redis sent an unexpected reply; the connection was reset"))
                 return
             fut = waiting.popleft()
+            self.deadlines.popleft()
             if not fut.done():
                 fut.set_result(reply)
 
@@ -58,6 +67,10 @@ class _Protocol(asyncio.Protocol):
 
     def fail(self, error: Exception) -> None:
         self.lost = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.deadlines.clear()
         while self.waiting:
             fut = self.waiting.popleft()
             if not fut.done():
@@ -66,6 +79,33 @@ class _Protocol(asyncio.Protocol):
             self.transport.abort()
         if self.owner._protocol is self:
             self.owner._protocol = None
+
+
+class _Call:
+    """A command's reply handed to `fn(reply, None)`, or its failure to `fn(None, error)`, at once."""
+
+    __slots__ = ("fn", "finished")
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.finished = False
+
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, reply) -> None:
+        self.finished = True
+        try:
+            self.fn(reply, None)
+        except Exception:  # a callback's bug must not break the connection's reply stream
+            log.exception("a Redis reply callback failed")
+
+    def set_exception(self, error: BaseException) -> None:
+        self.finished = True
+        try:
+            self.fn(None, error)
+        except Exception:
+            log.exception("a Redis reply callback failed")
 
 
 class AsyncRedis:
@@ -113,18 +153,29 @@ class AsyncRedis:
         finally:
             self._connecting = None
 
-    def _send(self, protocol: _Protocol, packed: bytes) -> asyncio.Future:
+    def _send(self, protocol: _Protocol, packed: bytes, waiter=None):
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        protocol.waiting.append(fut)
+        if waiter is None:
+            waiter = loop.create_future()
+        protocol.waiting.append(waiter)
+        protocol.deadlines.append(loop.time() + self.timeout)
         protocol.transport.write(packed)
-        timer = loop.call_later(self.timeout, self._expire, protocol, fut)
-        fut.add_done_callback(lambda _: timer.cancel())
-        return fut
+        if protocol.timer is None:
+            protocol.timer = loop.call_later(self.timeout, self._check, protocol)
+        return waiter
 
-    def _expire(self, protocol: _Protocol, fut: asyncio.Future) -> None:
-        if not fut.done():
+    def _check(self, protocol: _Protocol) -> None:
+        """The connection's timer: fail everything if the oldest command is overdue, else wait
+        for the oldest one's deadline (none waiting: the timer is off until the next command)."""
+        protocol.timer = None
+        if not protocol.deadlines:
+            return
+        loop = asyncio.get_running_loop()
+        due = protocol.deadlines[0]
+        if due <= loop.time():
             protocol.fail(Unavailable(f"Redis at {self.host}:{self.port} did not answer within {self.timeout:g}s (Timeout); retry"))
+            return
+        protocol.timer = loop.call_at(due, self._check, protocol)
 
     async def execute(self, *args):
         """One command; its reply (hiredis types: bytes, int, list, None; a Redis error reply is
@@ -137,13 +188,15 @@ class AsyncRedis:
             protocol = await self._connect()
         return await self._send(protocol, packed)
 
-    def send_now(self, packed: bytes) -> asyncio.Future | None:
-        """`execute_packed` without a coroutine, on a connection already made: the reply's
-        future, or None when there is no live connection (then `execute_packed` connects)."""
+    def send_call(self, packed: bytes, fn) -> bool:
+        """`execute_packed` without a coroutine or a future, on a connection already made: True
+        when sent (then `fn(reply, None)` or `fn(None, Unavailable)` follows, on the loop), False
+        when there is no live connection (then `execute_packed` connects)."""
         protocol = self._protocol
         if protocol is None or protocol.lost:
-            return None
-        return self._send(protocol, packed)
+            return False
+        self._send(protocol, packed, _Call(fn))
+        return True
 
     def close(self) -> None:
         protocol = self._protocol
