@@ -205,6 +205,41 @@ def test_deadline_passing_in_the_queue_is_never_executed(tmp_path):
     run(main())
 
 
+def test_sub_millisecond_queue_delays_and_deadlines_hold_on_the_servers_loop(tmp_path):
+    """On uvloop (the server's loop, whose own timers round to whole milliseconds): a lone
+    request waits its model's 400 us queue delay -- not less --, its queue time is reported as
+    such, and a 300 us deadline in a queue that would wait 10 s fails the request, not before."""
+    import time
+
+    import uvloop
+
+    write_mlp_onnx(tmp_path / "m" / "1" / "model.onnx", SIZES)
+    write_config(tmp_path / "m", mlp_config(SIZES, max_batch_size=8, preferred_batch_size=[8], max_queue_delay_microseconds=400))
+    write_mlp_onnx(tmp_path / "slow" / "1" / "model.onnx", SIZES)
+    write_config(tmp_path / "slow", mlp_config(SIZES, max_batch_size=4, preferred_batch_size=[4], max_queue_delay_microseconds=10_000_000))
+
+    async def main():
+        core, repo = make_core(tmp_path)
+        assert await repo.load_all() == []
+        for i in range(20):
+            before = core.model_statistics("m")[0]["inference_stats"]["queue"]["ns"]
+            t = time.monotonic()
+            await core.infer(request("m", np.zeros((1, 8), np.float32)))
+            took = time.monotonic() - t
+            queued = core.model_statistics("m")[0]["inference_stats"]["queue"]["ns"] - before
+            assert took >= 0.0004 and queued >= 400_000, (i, took, queued)
+        assert core.model_statistics("m")[0]["execution_count"] == 20
+        for _ in range(5):
+            req = request("slow", np.zeros((1, 8), np.float32))
+            req.deadline = time.monotonic() + 0.0003
+            with pytest.raises(DeadlineExceeded, match="not executed"):
+                await core.infer(req)
+            assert time.monotonic() >= req.deadline
+        await repo.close()
+
+    uvloop.run(main())
+
+
 def test_cancelled_requests_leave_the_queue(tmp_path):
     write_mlp_onnx(tmp_path / "m" / "1" / "model.onnx", SIZES)
     write_config(tmp_path / "m", mlp_config(SIZES, max_batch_size=4, preferred_batch_size=[4], max_queue_delay_microseconds=10_000_000))

@@ -24,6 +24,7 @@ from parity.errors import (
     as_parity_error,
 )
 from parity.monitoring import metrics
+from parity.serving import clock
 from parity.serving import stats as stats_mod
 from parity.serving.models import Repository, Version
 from parity.types import InferRequest, InferResponse, Tensor
@@ -167,7 +168,7 @@ class InferenceCore:
             if deadline is None:
                 dyn = plan.config.dynamic_batching
                 if dyn is not None and dyn.default_timeout_microseconds:
-                    deadline = version.scheduler.loop.time() + dyn.default_timeout_microseconds * 1e-6
+                    deadline = clock.now() + dyn.default_timeout_microseconds * 1e-6
             fut = plan.scheduler.submit(signature, rows, arrays, outputs, deadline, t0, callback)
         except ParityError as e:
             plan.stats.record_failure(e.reason, time.perf_counter_ns() - t0)

@@ -18,6 +18,7 @@ import numpy as np
 
 from parity.config import ModelConfig
 from parity.errors import DeadlineExceeded, InternalError, ParityError, Unavailable
+from parity.serving import clock
 from parity.serving.batcher import Batcher, QueueFull
 from parity.serving.runners.base import Runner
 from parity.serving.stats import VersionStats
@@ -146,7 +147,7 @@ class Scheduler:
         self.stageable: list[Instance] = []
         self.running = 0
         self._drain_handle: asyncio.Handle | None = None
-        self._wake_handle: asyncio.TimerHandle | None = None
+        self._wake_handle: clock.Timer | None = None
         self._wake_at: float | None = None
         stats.pending = self.batcher.live
 
@@ -159,7 +160,7 @@ class Scheduler:
         """Queue a request.  Returns an asyncio future, or with `callback` a `Ticket` that calls it."""
         loop = self.loop
         fut = loop.create_future() if callback is None else Ticket(callback)
-        item = Pending(rows if self.concat else 1, loop.time(), deadline, inputs, outputs, fut, t0)
+        item = Pending(rows if self.concat else 1, clock.now(), deadline, inputs, outputs, fut, t0)
         try:
             self.batcher.put(signature, item)
         except QueueFull:
@@ -168,7 +169,7 @@ class Scheduler:
                 f"({len(self.batcher)} requests waiting); retry later, or raise dynamic_batching.max_queue_size"
             ) from None
         if deadline is not None:
-            item.timer = loop.call_at(deadline, self._fail_expired, (item,))
+            item.timer = clock.call_at(loop, deadline, self._fail_expired, (item,))
         if self._drain_handle is None and (self.free or (self.stageable and self.batcher.rows >= self.config.max_batch_size)):
             self._drain_handle = loop.call_soon(self._drain)
         return fut
@@ -183,10 +184,8 @@ class Scheduler:
 
     def _drain(self) -> None:
         self._drain_handle = None
-        loop = self.loop
         while self.free:
-            now = loop.time()
-            decision = self.batcher.take(now)
+            decision = self.batcher.take(clock.now())
             self._fail_expired(decision.expired)
             batch = decision.batch
             if not batch:
@@ -210,7 +209,7 @@ class Scheduler:
                 self.stageable.append(instance)
                 self._hand_to_thread(instance, batch)
         while self.stageable and self.stage is None and self.batcher.rows >= self.config.max_batch_size:
-            decision = self.batcher.take(loop.time(), full_only=True)
+            decision = self.batcher.take(clock.now(), full_only=True)
             self._fail_expired(decision.expired)
             if not decision.batch:
                 return
@@ -314,7 +313,7 @@ class Scheduler:
         if self._wake_handle is not None:
             self._wake_handle.cancel()
         self._wake_at = at
-        self._wake_handle = self.loop.call_at(at, self._on_wake)
+        self._wake_handle = clock.call_at(self.loop, at, self._on_wake)
 
     def _on_wake(self) -> None:
         self._wake_handle = self._wake_at = None
@@ -445,7 +444,7 @@ class Scheduler:
         else:
             per_request, (t_start, in_ns, run_ns, out_ns), rows = result
             stats.record_batch(len(batch), rows, in_ns, run_ns, out_ns)
-            t_start_loop = self.loop.time() - (time.perf_counter_ns() - t_start) * 1e-9
+            t_start_loop = clock.now() - (time.perf_counter_ns() - t_start) * 1e-9
             record_queue = stats.record_queue
             for it, outs in zip(batch, per_request):
                 if it.timer is not None:

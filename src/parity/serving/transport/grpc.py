@@ -20,6 +20,7 @@ import grpc.aio
 from parity._proto.inference import grpc_service_pb2 as pb
 from parity.config import ServerConfig
 from parity.errors import DeadlineExceeded, GrpcCode, ParityError, as_parity_error
+from parity.serving import clock
 from parity.serving.core import InferenceCore, bearer
 from parity.serving.transport.grpc_service import (
     FEATURE_SERVICE,
@@ -162,12 +163,11 @@ class GrpcTransport:
 
     async def model_infer(self, request: pb.ModelInferRequest, context) -> bytes:
         core = self.core
-        loop = self._loop
         try:
-            req = decode_infer_request(request, loop)
+            req = decode_infer_request(request)
             remaining = context.time_remaining()
             if remaining is not None:
-                deadline = loop.time() + remaining
+                deadline = clock.now() + remaining
                 if req.deadline is None or deadline < req.deadline:
                     req.deadline = deadline
             fut, plan, t0 = core.submit(req)
@@ -177,7 +177,7 @@ class GrpcTransport:
             outputs = await fut
         except _CancelledError as e:  # the client cancelled, or its gRPC deadline passed
             deadline = req.deadline
-            if deadline is not None and loop.time() >= deadline - _CLOCK_SLACK_S:
+            if deadline is not None and clock.now() >= deadline - _CLOCK_SLACK_S:
                 e = DeadlineExceeded("the request's deadline passed before it was answered")
             core.fail(plan, t0, e)
             raise
@@ -224,7 +224,7 @@ class GrpcTransport:
             try:
                 async for request in request_iterator:
                     try:
-                        req = decode_infer_request(request, loop)
+                        req = decode_infer_request(request)
                         fut, plan, t0 = core.submit(req)
                     except Exception as e:
                         err = as_parity_error(e)

@@ -31,6 +31,7 @@ from google.protobuf.message import DecodeError
 from parity._proto.inference import grpc_service_pb2 as pb
 from parity.config import ServerConfig
 from parity.errors import DeadlineExceeded, GrpcCode, InternalError, ParityError, as_parity_error
+from parity.serving import clock
 from parity.serving.core import InferenceCore, bearer
 from parity.serving.transport import http2
 from parity.serving.transport.base import ConnectionSet, listen_socket
@@ -286,9 +287,9 @@ class GrpcConnection(H2Connection):
         stream.wbits = head.wbits
         stream.token = head.token
         if head.timeout is not None:
-            stream.deadline = self.loop.time() + head.timeout
+            stream.deadline = clock.now() + head.timeout
             if stream.kind == STREAM:  # the whole call's deadline: it ends the stream
-                stream.timer = self.loop.call_at(stream.deadline, self._stream_deadline, stream)
+                stream.timer = clock.call_at(self.loop, stream.deadline, self._stream_deadline, stream)
         if end_stream:
             self._end_of_input(stream)
 
@@ -370,7 +371,7 @@ class GrpcConnection(H2Connection):
         if tickets:
             deadline = stream.deadline
             # a client resetting at its deadline gave up on time: a timeout, not a cancel
-            timeout = deadline is not None and self.loop.time() >= deadline - _CLOCK_SLACK_S
+            timeout = deadline is not None and clock.now() >= deadline - _CLOCK_SLACK_S
             for ticket in tickets:
                 if timeout and not ticket.done():
                     ticket.set_exception(DeadlineExceeded("the request's deadline passed before it was answered"))
@@ -428,7 +429,7 @@ class GrpcConnection(H2Connection):
             self._fail(stream, GrpcCode.INVALID_ARGUMENT, f"the request is not a valid ModelInferRequest: {e}")
             return
         try:
-            req = decode_infer_request(request, self.loop)
+            req = decode_infer_request(request)
             deadline = stream.deadline
             if deadline is not None and (req.deadline is None or deadline < req.deadline):
                 req.deadline = deadline
@@ -470,7 +471,7 @@ class GrpcConnection(H2Connection):
             self._stream_message(stream, stream_error(f"the request is not a valid ModelInferRequest: {e}", "", ""))
             return
         try:
-            req = decode_infer_request(request, self.loop)
+            req = decode_infer_request(request)
             ticket = self.core.submit(req, partial(self._stream_done, stream, req))[0]
         except Exception as e:  # noqa: BLE001
             err = as_parity_error(e)

@@ -26,6 +26,7 @@ from parity._proto.inference import grpc_service_pb2 as pb
 from parity._proto.inference import model_config_pb2 as mc
 from parity._proto.parity.v1 import features_pb2 as fpb
 from parity.errors import InvalidInput, NotFound, Unimplemented
+from parity.serving import clock
 from parity.serving.core import InferenceCore
 from parity.serving.datatypes import DTYPES, WIRE_DTYPES, decode_raw, element_count, encode_bytes
 from parity.types import InferRequest, RequestedOutput, Tensor
@@ -229,7 +230,7 @@ def _bad_shape(name: str, shape: tuple[int, ...]) -> InvalidInput:
     return InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
 
 
-def decode_infer_request(msg: pb.ModelInferRequest, loop: asyncio.AbstractEventLoop | None = None) -> InferRequest:
+def decode_infer_request(msg: pb.ModelInferRequest) -> InferRequest:
     """ModelInferRequest -> InferRequest (tensors checked for self-consistency only)."""
     raw = msg.raw_input_contents
     inputs_pb = msg.inputs
@@ -282,7 +283,7 @@ def decode_infer_request(msg: pb.ModelInferRequest, loop: asyncio.AbstractEventL
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
                 raise InvalidInput(f"parameter 'timeout' must be a non-negative number of microseconds, got {timeout!r}")
             if timeout > 0:  # 0: no timeout, as in Triton
-                req.deadline = (loop or asyncio.get_running_loop()).time() + timeout * 1e-6
+                req.deadline = clock.now() + timeout * 1e-6
     return req
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from parity.config import ServerConfig
 from parity.errors import InternalError, InvalidInput, NotFound, ParityError
+from parity.serving import clock
 from parity.serving.core import InferenceCore, bearer
 from parity.serving.transport.base import ConnectionSet, listen_socket
 from parity.serving.transport.http_codec import (
@@ -484,7 +485,7 @@ class HttpConnection(asyncio.Protocol):
         core = self.core
         try:
             req, binary_default, binary_map = decode_infer_request(
-                body, headers.get(b"inference-header-content-length"), model, version, self.loop.time()
+                body, headers.get(b"inference-header-content-length"), model, version, clock.now()
             )
             done = partial(self._infer_done, seq, tail, req, binary_default, binary_map, headers.get(b"accept-encoding"))
             ticket = core.submit(req, done)[0]

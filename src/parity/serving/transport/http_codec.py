@@ -121,7 +121,7 @@ def decode_infer_request(
     """(request, binary-by-default, {output name: binary} or None) from an infer body.
 
     `header_length` is the raw Inference-Header-Content-Length value (None when absent); `now` is
-    loop.time(), the origin of the `timeout` parameter's deadline."""
+    `clock.now()`, the origin of the `timeout` parameter's deadline."""
     size = len(body)
     if header_length is None:
         hlen = size
