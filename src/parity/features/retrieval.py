@@ -166,38 +166,17 @@ class FeatureServer:
 
         return start(requests, now_ns, reply)
 
-    def start_blobs(self, features, entities: dict, now_ns: int, done):
-        """The request path's raw read, for callers that decode the blobs themselves (a model's
-        feature stage copying them into its input): (plan, rows) when the read was sent -- then
-        `done(blob lists per stored view, None)` or `done(None, error)` follows --, None when the
-        store has no such way now.  `from_blobs` turns the blobs into what `get_online_features`
-        returns."""
-        start = getattr(self.store, "read_start", None)
-        if start is None:
-            return None
-        plan, rows, requests, now_ns = self._requests(features, entities, None, now_ns)
-        if not requests or not start(requests, now_ns, done, decode=False):
-            return None
-        return plan, rows
-
     def from_blobs(self, plan: _Plan, rows: int, blobs: list, now_ns: int) -> OnlineFeatures:
-        """`get_online_features`'s answer from the blobs `start_blobs` handed over (no request values)."""
+        """`get_online_features`'s answer from the blobs of one read of `plan.stored`, in order
+        (no request values): the request path's general way when it reads blobs itself."""
         return self._assemble(plan, rows, [build_result(view, b, now_ns) for view, b in zip(plan.stored, blobs)], None)
 
     def _requests(self, features, entities: dict, request_values: dict | None, now_ns: int | None):
         plan = self.plan(features)
-        rows = _rows(entities, request_values)
+        rows = request_rows(entities, request_values)
         if now_ns is None:
             now_ns = time.time_ns()
-        requests = []
-        for view in plan.stored:
-            cols = []
-            for name, dtype in plan.keys[view.name]:
-                if name not in entities:
-                    raise InvalidInput(f"feature view {view.name!r} needs entity key {name!r}; the request has {sorted(entities)}")
-                cols.append(_key_column(name, dtype, entities[name]))
-            keys = cols[0] if len(cols) == 1 and cols[0].dtype != object else list(zip(*[c.tolist() for c in cols]))
-            requests.append((view, keys))
+        requests = [(view, view_keys(view.name, plan.keys[view.name], entities)) for view in plan.stored]
         return plan, rows, requests, now_ns
 
     def _assemble(self, plan: _Plan, rows: int, read: list, request_values: dict | None) -> OnlineFeatures:
@@ -305,7 +284,7 @@ def _length(v) -> int:
     return len(np.atleast_1d(v))
 
 
-def _rows(entities: dict, request_values: dict | None) -> int:
+def request_rows(entities: dict, request_values: dict | None) -> int:
     if len(entities) == 1 and not request_values:  # one key column
         for v in entities.values():
             return _length(v)
@@ -317,6 +296,17 @@ def _rows(entities: dict, request_values: dict | None) -> int:
     if not lengths:
         raise InvalidInput("the request names no entities")
     return lengths.pop()
+
+
+def view_keys(view: str, keys: list[tuple[str, str]], entities: dict):
+    """One view's entity keys (what `OnlineStore.read` takes) from the request's key columns:
+    `keys` is the view's [(key name, dtype)] (`_Plan.keys`)."""
+    cols = []
+    for name, dtype in keys:
+        if name not in entities:
+            raise InvalidInput(f"feature view {view!r} needs entity key {name!r}; the request has {sorted(entities)}")
+        cols.append(_key_column(name, dtype, entities[name]))
+    return cols[0] if len(cols) == 1 and cols[0].dtype != object else list(zip(*[c.tolist() for c in cols]))
 
 
 def _key_column(name: str, dtype: str, values) -> np.ndarray:

@@ -38,8 +38,8 @@ from parity.config import DATATYPES, ModelConfig, TensorSpec
 from parity.errors import ConfigError, NotFound
 from parity.features.definitions import FeatureService
 from parity.features.online import codec
-from parity.features.online.base import Status, is_expired, is_expired_one, ttl_us
-from parity.features.retrieval import FeatureServer
+from parity.features.online.base import Status, entity_ids, is_expired, is_expired_one, ttl_us
+from parity.features.retrieval import FeatureServer, request_rows, view_keys
 from parity.serving.datatypes import DTYPES
 
 # feature dtype -> the datatype of a client input carrying it
@@ -148,10 +148,13 @@ class FeatureStage:
         """Per stored view, (codec.Direct, TTL in us): the blobs' values copied straight into the
         input matrix on the request path, where the service takes stored features only and the
         store hands the request path its blobs (Redis).  None: the general path always."""
-        if plan.on_demand or plan.request_fields or not hasattr(server, "start_blobs") or not plan.stored:
+        if plan.on_demand or plan.request_fields or not plan.stored:
             return None
-        if not hasattr(server.store, "read_start"):
+        make_reader = getattr(server.store, "blob_reader", None)
+        self._read_blobs = make_reader(plan.stored) if make_reader is not None else None
+        if self._read_blobs is None:
             return None
+        self._view_keys_of = [(view.name, plan.keys[view.name]) for view in plan.stored]
         direct = []
         covered: list[int] = []
         for view in plan.stored:
@@ -221,7 +224,12 @@ class FeatureStage:
         """`start` for a service of stored features only: the blobs are copied into the input
         matrix as they come (`codec.Direct`); a batch where some value is missing, null or
         expired is decoded the general way, so both give the same bits and the same errors."""
-        t0, entities, _, now_ns = self._request(inputs)
+        t0 = time.perf_counter_ns()
+        entities = {name: inputs[i].reshape(-1) for i, name in self._keys}
+        if len(entities) > 1:
+            request_rows(entities, None)  # the key columns agree on the rows
+        ids = [entity_ids(view_keys(view, keys, entities)) for view, keys in self._view_keys_of]
+        now_ns = time.time_ns()
 
         def got_blobs(blobs, error) -> None:
             if error is not None:
@@ -234,7 +242,7 @@ class FeatureStage:
                 return
             done(result, None)
 
-        return self.server.start_blobs(self.service, entities, now_ns, got_blobs) is not None
+        return self._read_blobs(ids, got_blobs)
 
     def _fill(self, inputs, entities, blobs: list, now_ns: int, t0: int):
         rows = len(blobs[0])

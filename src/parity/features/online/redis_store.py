@@ -315,11 +315,10 @@ class RedisOnlineStore(OnlineStore):
             raise ParityError(f"the online store {self.url} refused a read: {e}") from e
         return _per_request(requests, values)
 
-    def read_start(self, requests, now_ns: int, done, decode: bool = True) -> bool:
+    def read_start(self, requests, now_ns: int, done) -> bool:
         """`read_async` without a coroutine, for the request path: True when the MGET was sent on
-        this loop's connection; then `done([ViewResult], None)` (with `decode=False`: per request,
-        the list of blobs, bytes or None) or `done(None, error)` follows, called from the reply's
-        arrival.  False when this store or this loop's connection cannot (then use `read_async`,
+        this loop's connection; then `done([ViewResult], None)` or `done(None, error)` follows,
+        called from the reply's arrival.  False when this store or this loop's connection cannot (then use `read_async`,
         which connects).  Must be called on the event loop; invalid input raises here."""
         if self._aio_args is None or _hiredis_pack is None:
             return False
@@ -340,18 +339,47 @@ class RedisOnlineStore(OnlineStore):
             if not isinstance(values, list):
                 done(None, ParityError(f"the online store {self.url} refused a read: {values}"))
                 return
-            blobs = _per_request(names, values)
-            if not decode:
-                done(blobs, None)
-                return
             try:
-                results = [build_result(view, b, now_ns) for (_, view, _), b in zip(asked, blobs)]
+                results = [build_result(view, b, now_ns) for (_, view, _), b in zip(asked, _per_request(names, values))]
             except BaseException as e:  # noqa: BLE001 - handed to the caller
                 done(None, e)
                 return
             done(results, None)
 
         return conn.send_call(_mget_command(self.prefix, names), reply)
+
+    def blob_reader(self, views: list):
+        """For the request path of a model on stored features only (`serving.features`), which
+        decodes blobs itself: `send(ids per view, fn) -> bool` sends one MGET of those views'
+        keys (`entity_ids` per view, in order) on the event loop's connection; then
+        `fn(blob lists per view, None)` or `fn(None, error)` follows, from the reply's arrival.
+        False: this loop has no connection yet (`read_async` makes one).  None: this store reads
+        another way (cluster, TLS)."""
+        if self._aio_args is None or _hiredis_pack is None:
+            return None
+        import asyncio
+
+        names = [check_view_name(v) for v in views]
+        prefix, aio, url, unavailable = self.prefix, self._aio, self.url, self._unavailable
+        running_loop = asyncio.get_running_loop
+
+        def send(ids_per_view: list, fn) -> bool:
+            conn = aio.get(running_loop())
+            if conn is None:
+                return False
+            asked = list(zip(names, ids_per_view))
+
+            def reply(values, error) -> None:
+                if error is not None:
+                    fn(None, unavailable(error) if isinstance(error, Unavailable) else error)
+                elif not isinstance(values, list):
+                    fn(None, ParityError(f"the online store {url} refused a read: {values}"))
+                else:
+                    fn(_per_request(asked, values), None)
+
+            return conn.send_call(_mget_command(prefix, asked), reply)
+
+        return send
 
     def _unavailable(self, e: Unavailable) -> Unavailable:
         return Unavailable(
