@@ -1119,6 +1119,44 @@ def test_loading_an_unknown_model_is_not_found_and_the_server_stays_ready(client
 # -- shutdown -----------------------------------------------------------------------------------------------------
 
 
+def test_after_goaway_the_last_answer_is_left_for_the_client_to_read_before_the_connection_closes(tmp_path):
+    """A call still queued when SIGTERM comes is answered after the GOAWAY; the fast transport
+    then leaves the connection open for the client to close (for a grace period) instead of
+    closing right behind the trailers: grpc-core reports a call whose trailers arrived just
+    before the socket closed as "Stream removed (Socket closed)" (seen under load before)."""
+    from parity.testing.h2client import FrameType, H2Client
+
+    weights = write_mlp_onnx(tmp_path / "m" / "1" / "model.onnx", SIZES)
+    write_config(tmp_path / "m", mlp_config(SIZES, max_batch_size=8, preferred_batch_size=[8], max_queue_delay_microseconds=1_000_000))
+    with ServerProcess(tmp_path, "--grpc-transport", "fast", wait_ready=False) as server:
+        wait_grpc_ready(server)
+        host, port = server.grpc_url.rsplit(":", 1)
+        with H2Client((host, int(port))) as c:
+            c.handshake()
+            x = rows(1, seed=3)
+            msg = pb.ModelInferRequest(
+                model_name="m", inputs=[pb.ModelInferRequest.InferInputTensor(name="INPUT0", datatype="FP32", shape=[1, SIZES[0]])],
+                raw_input_contents=[x.astype("<f4").tobytes()],
+            ).SerializeToString()  # fmt: skip
+            c.send_headers(1, c.grpc_headers("ModelInfer"))
+            c.send_data(1, b"\x00" + len(msg).to_bytes(4, "big") + msg, end_stream=True)
+            for _ in range(100):
+                if pending(server.http_url, "m") == 1:
+                    break
+                time.sleep(0.02)
+            server.proc.send_signal(signal.SIGTERM)
+            c.read_until(lambda f: f.type == FrameType.GOAWAY, timeout=10)
+            st = c.wait_stream(1, timeout=10)
+            assert st.grpc_status == 0, str(st)
+            (reply,) = st.messages
+            out = pb.ModelInferResponse.FromString(reply).raw_output_contents[0]
+            np.testing.assert_allclose(np.frombuffer(out, "<f4").reshape(1, SIZES[-1]), mlp_reference(x, weights), rtol=1e-5, atol=1e-5)
+            c.ping(b"stillup!")  # answered: the server did not close behind the answer
+            ack = c.read_until(lambda f: f.type == FrameType.PING, timeout=10)
+            assert ack.payload == b"stillup!"
+        assert server.proc.wait(30) == 0, server.output()  # the client closed: the server is done
+
+
 def test_sigterm_answers_accepted_requests_and_refuses_new_ones(tmp_path, grpc_transport):
     weights = write_mlp_onnx(tmp_path / "m" / "1" / "model.onnx", SIZES)
     # requests wait up to 1 s for a batch of 8 that never fills: they are queued when SIGTERM comes

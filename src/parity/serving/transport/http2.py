@@ -78,6 +78,11 @@ MAX_FRAME_IN = 1 << 20
 FRAMES_PER_TURN = 512
 # How long a closing connection waits for the peer to close its side.
 LINGER_S = 2.0
+# After our GOAWAY, when the last stream is answered: how long the connection stays open for the
+# peer to read the final frames and close it itself (clients do, once GOAWAY came and nothing is
+# open).  Closing first races the client's reading of the last status: grpc-core reports a call
+# whose trailers arrived just before the socket closed as "Stream removed (Socket closed)".
+FINAL_GRACE_S = 1.0
 # ... and how much it reads (and drops) meanwhile before it gives up on the peer.
 LINGER_BYTES = 256 << 10
 
@@ -216,6 +221,7 @@ class H2Connection(asyncio.Protocol):
         self._yielding = False  # frames of a read wait for the next turn
         self.goaway_sent = False
         self.draining = False
+        self._final_timer: asyncio.TimerHandle | None = None  # see FINAL_GRACE_S
         self.closed = False
         self._discarded = 0
         self._unfinished: dict[int, None] = {}  # streams we ended while the peer was still sending
@@ -339,6 +345,9 @@ class H2Connection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closed = True
+        if self._final_timer is not None:
+            self._final_timer.cancel()
+            self._final_timer = None
         self.transport = None
         streams = list(self.streams.values())
         self.streams.clear()
@@ -827,7 +836,7 @@ class H2Connection(asyncio.Protocol):
         self.streams.pop(stream.id, None)
         self._blocked.pop(stream.id, None)
         if self.draining or self.goaway_sent:
-            self._close_if_done()
+            self._close_if_done(answered=True)
 
     def _drop(self, stream: H2Stream) -> None:
         if not stream.remote_closed:
@@ -840,7 +849,7 @@ class H2Connection(asyncio.Protocol):
         stream.outq = None
         self._acks.discard(stream)
         if self.draining or self.goaway_sent:
-            self._close_if_done()
+            self._close_if_done(answered=True)
 
     def stream_error(self, stream: H2Stream, code: int) -> None:
         """RST_STREAM: the stream ends, the connection goes on."""
@@ -868,9 +877,17 @@ class H2Connection(asyncio.Protocol):
         self._write(frame(GOAWAY, 0, 0, _GOAWAY.pack(self.last_sid, NO_ERROR)))
         self._close_if_done()
 
-    def _close_if_done(self) -> None:
-        if not self.streams and not self.closed:
-            self._close()
+    def _close_if_done(self, answered: bool = False) -> None:
+        """Close once no stream is open.  `answered`: a stream was just answered after our
+        GOAWAY; the peer gets FINAL_GRACE_S to read it and close first."""
+        if self.streams or self.closed:
+            return
+        if answered and self.goaway_sent and not self.draining:
+            if self._final_timer is None:
+                self._flush()
+                self._final_timer = self.loop.call_later(FINAL_GRACE_S, self._close)
+            return
+        self._close()
 
     def _close(self) -> None:
         """Write what is pending, then close without losing it: half-close first and read (and
