@@ -1140,10 +1140,7 @@ def test_after_goaway_the_last_answer_is_left_for_the_client_to_read_before_the_
             ).SerializeToString()  # fmt: skip
             c.send_headers(1, c.grpc_headers("ModelInfer"))
             c.send_data(1, b"\x00" + len(msg).to_bytes(4, "big") + msg, end_stream=True)
-            for _ in range(100):
-                if pending(server.http_url, "m") == 1:
-                    break
-                time.sleep(0.02)
+            assert wait_for(lambda: pending(server.http_url, "m") == 1, timeout=10)
             server.proc.send_signal(signal.SIGTERM)
             c.read_until(lambda f: f.type == FrameType.GOAWAY, timeout=10)
             st = c.wait_stream(1, timeout=10)

@@ -55,7 +55,9 @@ def test_timers_fire_in_order_and_cancelled_ones_never():
         timers = {d: clock.call_at(loop, base + d, order.append, d) for d in (0.0009, 0.0002, 0.004, 0.0005, 0.0031)}
         timers[0.0005].cancel()
         timers[0.004].cancel()  # still on the loop's coarse timer
-        await asyncio.sleep(0.02)
+        last = loop.create_future()
+        clock.call_at(loop, base + 0.006, last.set_result, None)  # after every timer above
+        await asyncio.wait_for(last, 5)
         return order
 
     assert uvloop.run(main()) == [0.0002, 0.0009, 0.0031]

@@ -139,22 +139,24 @@ class FeatureStage:
             else:
                 self._runs.append((j, j + 1, [self.names[j]]))
         self._plan = plan
-        self._direct = self._direct_plan(server, plan, repo)
+        self._view_keys_of = [(view.name, plan.keys[view.name]) for view in plan.stored]
+        self._read_blobs = None  # the store's request-path blob reader, where the direct copy applies
+        self._direct = self._direct_plan(server, plan)
         self.defaults: np.ndarray | None = None
         if service.on_missing == "default":
             self.defaults = np.array([service.defaults[f"{v}:{f}"] for v, f in plan.refs], dtype=self.dtype)
 
-    def _direct_plan(self, server, plan, repo):
+    def _direct_plan(self, server, plan):
         """Per stored view, (codec.Direct, TTL in us): the blobs' values copied straight into the
         input matrix on the request path, where the service takes stored features only and the
-        store hands the request path its blobs (Redis).  None: the general path always."""
+        store hands the request path its blobs (Redis; sets `_read_blobs`).  None: the general
+        path always."""
         if plan.on_demand or plan.request_fields or not plan.stored:
             return None
         make_reader = getattr(server.store, "blob_reader", None)
-        self._read_blobs = make_reader(plan.stored) if make_reader is not None else None
-        if self._read_blobs is None:
+        reader = make_reader(plan.stored) if make_reader is not None else None
+        if reader is None:
             return None
-        self._view_keys_of = [(view.name, plan.keys[view.name]) for view in plan.stored]
         direct = []
         covered: list[int] = []
         for view in plan.stored:
@@ -164,6 +166,7 @@ class FeatureStage:
             covered += columns
         if sorted(covered) != list(range(len(self.names))):
             return None
+        self._read_blobs = reader
         return tuple(direct)
 
     def client_config(self, config: ModelConfig) -> ModelConfig:

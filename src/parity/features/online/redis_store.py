@@ -318,35 +318,29 @@ class RedisOnlineStore(OnlineStore):
     def read_start(self, requests, now_ns: int, done) -> bool:
         """`read_async` without a coroutine, for the request path: True when the MGET was sent on
         this loop's connection; then `done([ViewResult], None)` or `done(None, error)` follows,
-        called from the reply's arrival.  False when this store or this loop's connection cannot (then use `read_async`,
-        which connects).  Must be called on the event loop; invalid input raises here."""
-        if self._aio_args is None or _hiredis_pack is None:
-            return False
-        import asyncio
-
-        conn = self._aio.get(asyncio.get_running_loop())
+        called from the reply's arrival.  False when this store or this loop's connection cannot
+        (then use `read_async`, which connects).  Must be called on the event loop; invalid input
+        raises here."""
+        conn = self._loop_connection()
         if conn is None:
             return False
-        asked = [(check_view_name(view), view, entity_ids(keys)) for view, keys in requests]
-        names = [(name, ids) for name, _, ids in asked]
-        if not any(ids for _, ids in names):
+        views = [view for view, _ in requests]
+        asked = [(check_view_name(view), entity_ids(keys)) for view, keys in requests]
+        if not any(ids for _, ids in asked):
             return False
 
-        def reply(values, error) -> None:
+        def decoded(blobs, error) -> None:
             if error is not None:
-                done(None, self._unavailable(error) if isinstance(error, Unavailable) else error)
-                return
-            if not isinstance(values, list):
-                done(None, ParityError(f"the online store {self.url} refused a read: {values}"))
+                done(None, error)
                 return
             try:
-                results = [build_result(view, b, now_ns) for (_, view, _), b in zip(asked, _per_request(names, values))]
+                results = [build_result(view, b, now_ns) for view, b in zip(views, blobs)]
             except BaseException as e:  # noqa: BLE001 - handed to the caller
                 done(None, e)
                 return
             done(results, None)
 
-        return conn.send_call(_mget_command(self.prefix, names), reply)
+        return self._send_mget(conn, asked, decoded)
 
     def blob_reader(self, views: list):
         """For the request path of a model on stored features only (`serving.features`), which
@@ -357,29 +351,35 @@ class RedisOnlineStore(OnlineStore):
         another way (cluster, TLS)."""
         if self._aio_args is None or _hiredis_pack is None:
             return None
-        import asyncio
-
         names = [check_view_name(v) for v in views]
-        prefix, aio, url, unavailable = self.prefix, self._aio, self.url, self._unavailable
-        running_loop = asyncio.get_running_loop
 
         def send(ids_per_view: list, fn) -> bool:
-            conn = aio.get(running_loop())
-            if conn is None:
-                return False
-            asked = list(zip(names, ids_per_view))
-
-            def reply(values, error) -> None:
-                if error is not None:
-                    fn(None, unavailable(error) if isinstance(error, Unavailable) else error)
-                elif not isinstance(values, list):
-                    fn(None, ParityError(f"the online store {url} refused a read: {values}"))
-                else:
-                    fn(_per_request(asked, values), None)
-
-            return conn.send_call(_mget_command(prefix, asked), reply)
+            conn = self._loop_connection()
+            return conn is not None and self._send_mget(conn, list(zip(names, ids_per_view)), fn)
 
         return send
+
+    def _loop_connection(self):
+        """The running loop's `AsyncRedis`, or None (none made yet, or a store that reads another way)."""
+        if self._aio_args is None or _hiredis_pack is None:
+            return None
+        import asyncio
+
+        return self._aio.get(asyncio.get_running_loop())
+
+    def _send_mget(self, conn, asked: list[tuple[str, list[str]]], fn) -> bool:
+        """One MGET of [(view name, entity ids)] on `conn`: `fn(blob lists per view, None)` or
+        `fn(None, error)` follows; False when the connection is not live."""
+
+        def reply(values, error) -> None:
+            if error is not None:
+                fn(None, self._unavailable(error) if isinstance(error, Unavailable) else error)
+            elif not isinstance(values, list):
+                fn(None, ParityError(f"the online store {self.url} refused a read: {values}"))
+            else:
+                fn(_per_request(asked, values), None)
+
+        return conn.send_call(_mget_command(self.prefix, asked), reply)
 
     def _unavailable(self, e: Unavailable) -> Unavailable:
         return Unavailable(
