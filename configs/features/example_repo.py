@@ -179,3 +179,10 @@ account_snapshot = FeatureService(
         "user_profile:account_age_days": 0.0,
     },
 )
+
+# stored features of one view keyed by the user alone, all float64 like the model's input: on Redis
+# one entity's read is packed from a template and its values' bytes copied straight into the input
+user_spend = FeatureService(
+    name="user_spend",
+    features=("user_profile:account_age_days", "user_profile:txn_count_log"),
+)

@@ -78,6 +78,17 @@ def write_models(models: Path) -> list:
             "features": {"service": "account_snapshot"},
         },
     )
+    write_identity_onnx(models / "spend" / "1" / "model.onnx", TensorProto.DOUBLE, ["batch", 2])
+    write_config(
+        models / "spend",
+        {
+            "max_batch_size": 64,
+            "inputs": [{"name": "IN", "datatype": "FP64", "shape": [2]}],
+            "outputs": [{"name": "OUT", "datatype": "FP64", "shape": [2]}],
+            "dynamic_batching": {},
+            "features": {"service": "user_spend"},
+        },
+    )
     write_mlp_onnx(models / "plain" / "1" / "model.onnx", [4, 8, 1])
     write_config(models / "plain", mlp_config([4, 8, 1], max_batch_size=8))
     return weights
@@ -330,6 +341,34 @@ def test_a_service_of_stored_features_only_serves_the_training_sets_bits_found_o
     assert whole.tobytes() == expected.tobytes()  # the missing row sends the whole batch the general way
     complete = grpcclient.InferenceServerClient(server.grpc_url).infer("snapshot", inputs(grpcclient, slice(0, n - 1))).as_numpy("OUT")
     assert complete.tobytes() == expected[: n - 1].tobytes()
+
+
+def test_a_service_keyed_by_one_int64_key_serves_the_training_sets_bits_and_rejects_an_unknown_user(served):
+    """`user_spend`: float64 features of one view keyed by user_id alone into an FP64 input (on
+    Redis: a one-row read from a template, the values' bytes copied into the input; a batch of
+    many: one MGET of all).  The bits are the training set's, one row per request and many; a
+    request holding an unknown user is NOT_FOUND naming it."""
+    server, d, _ = served
+    users, merchants, amounts, hours = entities(d, 12, offset=2)
+    expected = training_rows(d, users, merchants, amounts, hours, "user_spend").to_numpy(dtype=np.float64)
+    assert expected.shape == (12, 2) and not np.isnan(expected).any()
+
+    def ids(module, u):
+        t = module.InferInput("user_id", [len(u), 1], "INT64")
+        t.set_data_from_numpy(np.asarray(u, dtype=np.int64).reshape(-1, 1))
+        return [t]
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    for j, u in enumerate(users):
+        assert client.infer("spend", ids(grpcclient, [u])).as_numpy("OUT").tobytes() == expected[j : j + 1].tobytes(), j
+    http = httpclient.InferenceServerClient(server.http_url)
+    assert http.infer("spend", ids(httpclient, users)).as_numpy("OUT").tobytes() == expected.tobytes()
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("spend", ids(grpcclient, [987_654_321]))
+    assert info.value.status() == "StatusCode.NOT_FOUND" and "user_id=987654321" in info.value.message()
+    with pytest.raises(InferenceServerException) as info:
+        http.infer("spend", ids(httpclient, [users[0], 987_654_321]))
+    assert info.value.status() == "404" and "user_id=987654321" in info.value.message()
 
 
 def test_bad_entity_inputs_are_invalid_argument_naming_them(served):

@@ -464,3 +464,61 @@ def test_reads_from_an_event_loop_equal_the_blocking_reads_on_both_backends(tmp_
                 with redis.Redis() as r:
                     for key in r.scan_iter(match=url.split("prefix=")[1] + ":*"):
                         r.delete(key)
+
+
+def test_the_request_paths_blob_reader_sends_give_the_stored_blobs_and_follow_the_loops_connection():
+    """`BlobReader` (the direct copy's read): `send_ints` (views keyed by one INT64 key, one row
+    from a template) and `send` (encoded ids) return per view exactly the blobs a blocking read
+    returns, for one entity and many, found and not; neither sends before the loop has a
+    connection, nor after the loop's connection was closed, until a read connects again."""
+    import asyncio
+    import uuid
+
+    from parity.features.definitions import FeatureView, Field, FileSource
+    from parity.features.online import open_online_store
+    from parity.features.online.base import entity_ids
+
+    prefix = f"paritytest_blobs_{uuid.uuid4().hex[:8]}"
+    views = [
+        FeatureView(name, ("u",), FileSource("unused.parquet"), schema=(Field("a", "float32"),), ttl_seconds=0)
+        for name in ("first", "second")
+    ]
+    with open_online_store(f"redis://127.0.0.1:6379/0?prefix={prefix}") as store:
+        try:
+            keys = np.arange(-5, 20, dtype=np.int64)
+            for j, view in enumerate(views):
+                some = keys[j::2]  # each view holds other entities
+                store.write(view, some, {"a": some.astype(np.float32) + j}, np.full(len(some), 10**18, dtype=np.int64))
+            reader = store.blob_reader(views)
+            asks = [[3], [4], [-5], [999], [-(2**63)], list(range(-7, 25, 2)), list(range(-5, 20))]
+
+            async def read(send, arg):
+                fut = asyncio.get_running_loop().create_future()
+                ok = send(asyncio.get_running_loop(), arg, lambda blobs, error: fut.set_result((blobs, error)))
+                return (await fut) if ok else None
+
+            async def run():
+                loop_reads = []
+                assert await read(reader.send_ints, [1]) is None  # no connection on this loop yet
+                await store.read_async([(views[0], np.array([1]))], 2 * 10**18)  # connects
+                for ints in asks:
+                    by_ints = await read(reader.send_ints, ints)
+                    by_ids = await read(reader.send, [entity_ids(ints)] * len(views))
+                    loop_reads.append((ints, by_ints, by_ids))
+                await store.close_async()
+                assert await read(reader.send_ints, [1]) is None  # the closed connection is not used
+                await store.read_async([(views[0], np.array([1]))], 2 * 10**18)
+                assert await read(reader.send_ints, [1]) is not None  # nor is the new one missed
+                await store.close_async()
+                return loop_reads
+
+            for ints, by_ints, by_ids in asyncio.run(run()):
+                want = store._read([(v.name, entity_ids(ints)) for v in views])
+                assert by_ints == (want, None) and by_ids == (want, None), ints
+                assert [b is not None for b in want[0]] == [-5 <= i < 20 and (i + 5) % 2 == 0 for i in ints]
+        finally:
+            import redis
+
+            with redis.Redis() as r:
+                for key in r.scan_iter(match=f"{prefix}:*"):
+                    r.delete(key)

@@ -48,7 +48,7 @@ def test_example_repo_loads(monkeypatch, tmp_path):
     assert set(repo.views) == {"user_profile", "merchant_profile"}
     assert set(repo.request_sources) == {"transaction"}
     assert set(repo.on_demand) == {"transaction_features"}
-    assert set(repo.services) == {"fraud_detection", "merchant_risk", "account_snapshot"}
+    assert set(repo.services) == {"fraud_detection", "merchant_risk", "account_snapshot", "user_spend"}
     assert repo.views["user_profile"].source.path == str(tmp_path / "users.parquet")
     assert repo.views["merchant_profile"].source.created_timestamp_field == "created_timestamp"
     refs = repo.resolve("fraud_detection")

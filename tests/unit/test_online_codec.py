@@ -274,10 +274,15 @@ def test_one_entity_ages_and_ttl_at_the_int64_extremes_equal_the_many_entity_pat
 def test_direct_copy_into_a_matrix_equals_the_decoded_columns_assigned_one_by_one(seed):
     """`codec.Direct` (the request path of a model on stored features) against the general way
     (decode the columns, then assign each feature into its matrix column, as the feature stage
-    does): the same bits, for random schemas, feature subsets in any order and any matrix dtype;
-    and no answer at all (None) for any batch with a missing, unreadable or null value."""
+    does): the same bits, for random schemas, feature subsets in any order and any matrix dtype,
+    told the matrix dtype or not (a one-row fill of features of the matrix's own dtype copies
+    bytes); and no answer at all (None) for any batch with a missing, unreadable or null value."""
     rng = random.Random(5000 + seed)
-    schema = [(n, d) for n, d in random_schema(rng) if d != "string"] or [("f0", "float64")]
+    dtype = rng.choice([np.float32, np.float64, np.int64])
+    if seed % 3 == 0:  # every feature of the matrix's dtype: the byte copy where one row is read
+        schema = [(f"f{i}", np.dtype(dtype).name) for i in range(rng.choice([1, 2, 9, 40]))]
+    else:
+        schema = [(n, d) for n, d in random_schema(rng) if d != "string"] or [("f0", "float64")]
     view = make_view(schema)
     rows = rng.choice([1, 1, 2, 7, 64])
     numeric = list(range(len(schema)))
@@ -285,10 +290,11 @@ def test_direct_copy_into_a_matrix_equals_the_decoded_columns_assigned_one_by_on
     features = rng.sample(numeric, k) if rng.random() < 0.5 else numeric[:k]  # shuffled, or a prefix in order
     extra = rng.choice([0, 0, 3])  # columns the view does not fill
     columns = rng.sample(range(k + extra), k) if rng.random() < 0.5 else list(range(k))
-    dtype = rng.choice([np.float32, np.float64, np.int64])
     blobs = random_blobs(rng, view, rows, damaged=False)
     decoded = codec.decode_columns(codec.layout(view), blobs)
-    direct = codec.Direct(codec.layout(view), features, columns)
+    into = rng.choice([None, dtype, dtype, np.float16])  # float16: told another dtype than the matrix's
+    direct = codec.Direct(codec.layout(view), features, columns, into)
+    assert (direct.byte_runs is not None) == (into is dtype and all(schema[i][1] == np.dtype(dtype).name for i in features))
     complete = decoded.found is None and decoded.null_matrix is None
     got = np.full((rows, k + extra), 7, dtype=dtype)
     want = got.copy()
@@ -336,6 +342,33 @@ def test_direct_copy_declines_any_batch_with_an_incomplete_blob(damage, rows):
     odd[codec.layout(view).fixed.fields["f2"][1]] = 2
     m = np.zeros((1, 3))
     assert direct.fill(m, [bytes(odd)]) == NOW and m[0, 0] == 1.0
+
+
+@pytest.mark.parametrize("damage", ["none", "version", "fingerprint", "short", "trailing", "null"])
+def test_a_one_row_byte_copy_declines_an_incomplete_blob_and_leaves_the_matrix_alone(damage):
+    view = make_view([("a", "float32"), ("b", "float32"), ("c", "float32")])
+    cols = {k: np.array([v], np.float32) for k, v in (("a", 1.5), ("b", -2.0), ("c", 3.25))}
+    if damage == "null":
+        cols["b"] = np.ma.MaskedArray(cols["b"], mask=[True])
+    blob = codec.encode(view, cols, np.full(1, NOW), np.zeros(1, np.int64), 1)[0]
+    direct = codec.Direct(codec.layout(view), [2, 0, 1], [0, 1, 2], np.float32)
+    assert direct.byte_runs is not None
+    b = bytearray(blob)
+    if damage == "version":
+        b[0] = 2
+    elif damage == "fingerprint":
+        b[19] ^= 1
+    elif damage == "short":
+        b = b[:-1]
+    elif damage == "trailing":
+        b += b"x"
+    m = np.full((1, 3), 9, np.float32)
+    if damage == "none":
+        assert direct.fill(m, [bytes(b)]) == NOW and m.tolist() == [[3.25, 1.5, -2.0]]
+        assert direct.fill(np.zeros((1, 3), np.float64), [blob]) == NOW  # another matrix dtype: the runs path
+        return
+    assert direct.fill(m, [bytes(b)]) is None
+    assert m.tolist() == [[9, 9, 9]]
 
 
 def test_direct_copy_refuses_string_features():
@@ -388,6 +421,14 @@ def test_the_mget_command_is_byte_for_byte_what_hiredis_packs(seed):
     want = _hiredis_mget(prefix, requests)
     assert _mget_command(prefix, requests) == want
     assert _keys(prefix, requests) == [f"{prefix}:{{{i}}}:{view}" for view, ids in requests for i in ids]
+    # the request path's one-row read of views keyed by one INT64 key: the same bytes from a template
+    from parity.features.online.redis_store import RedisOnlineStore
+
+    views = sorted({view for view, _ in requests})
+    store = RedisOnlineStore.from_url(f"redis://127.0.0.1:1/0?prefix={prefix}")  # never connects
+    reader = store.blob_reader([make_view([("a", "float32")], name=view) for view in views])
+    for v in (0, 7, -1, rng.randrange(-(2**63), 2**63), 2**63 - 1, -(2**63)):
+        assert reader.one_row(v) == _hiredis_mget(prefix, [(view, entity_ids([v])) for view in views])
     # ids that are not ASCII (never made by entity_ids, but _read does not check) go through hiredis
     odd = [("wide", ["i1", "ü2", "i3"])]
     assert _mget_command(prefix, odd) == _hiredis_mget(prefix, odd)

@@ -140,8 +140,15 @@ class FeatureStage:
                 self._runs.append((j, j + 1, [self.names[j]]))
         self._plan = plan
         self._view_keys_of = [(view.name, plan.keys[view.name]) for view in plan.stored]
-        self._read_blobs = None  # the store's request-path blob reader, where the direct copy applies
+        self._reader = None  # the store's request-path blob reader, where the direct copy applies
         self._direct = self._direct_plan(server, plan)
+        # every stored view keyed by the same one INT64 key: its client input, sent as ints
+        self._int_key: int | None = None
+        shared = {tuple(plan.keys[v.name]) for v in plan.stored}
+        if len(shared) == 1 and len(self._keys) == 1:
+            (only,) = shared
+            if len(only) == 1 and only[0][1] == "int64":
+                self._int_key = self._keys[0][0]
         self.defaults: np.ndarray | None = None
         if service.on_missing == "default":
             self.defaults = np.array([service.defaults[f"{v}:{f}"] for v, f in plan.refs], dtype=self.dtype)
@@ -149,7 +156,7 @@ class FeatureStage:
     def _direct_plan(self, server, plan):
         """Per stored view, (codec.Direct, TTL in us): the blobs' values copied straight into the
         input matrix on the request path, where the service takes stored features only and the
-        store hands the request path its blobs (Redis; sets `_read_blobs`).  None: the general
+        store hands the request path its blobs (Redis; sets `_reader`).  None: the general
         path always."""
         if plan.on_demand or plan.request_fields or not plan.stored:
             return None
@@ -162,11 +169,11 @@ class FeatureStage:
         for view in plan.stored:
             columns = [j for j, (v, _) in enumerate(plan.refs) if v == view.name]
             features = [view.feature_names.index(plan.refs[j][1]) for j in columns]
-            direct.append((codec.Direct(codec.layout(view), features, columns), ttl_us(view)))
+            direct.append((codec.Direct(codec.layout(view), features, columns, self.dtype), ttl_us(view)))
             covered += columns
         if sorted(covered) != list(range(len(self.names))):
             return None
-        self._read_blobs = reader
+        self._reader = reader
         return tuple(direct)
 
     def client_config(self, config: ModelConfig) -> ModelConfig:
@@ -200,14 +207,14 @@ class FeatureStage:
             got = await asyncio.to_thread(self.server.get_online_features, self.service, entities, values or None, now_ns)
         return self._build(inputs, entities, values, got, now_ns, t0)
 
-    def start(self, inputs: list[np.ndarray], done) -> bool:
-        """`fetch` without a task where the store allows it (Redis, on the loop's connection):
-        True when the read was sent and `done(result, None)` / `done(None, error)` follows with
-        what `fetch` returns; False: use `fetch`."""
+    def start(self, inputs: list[np.ndarray], done, loop=None) -> bool:
+        """`fetch` without a task where the store allows it (Redis, on the connection of `loop`,
+        the running one): True when the read was sent and `done(result, None)` /
+        `done(None, error)` follows with what `fetch` returns; False: use `fetch`."""
         if self._start_read is None:
             return False
         if self._direct is not None and self.log is None:
-            return self._start_direct(inputs, done)
+            return self._start_direct(inputs, done, loop)
         t0, entities, values, now_ns = self._request(inputs)
 
         def got_it(got, error) -> None:
@@ -223,37 +230,51 @@ class FeatureStage:
 
         return self._start_read(self.service, entities, values or None, now_ns, got_it)
 
-    def _start_direct(self, inputs: list[np.ndarray], done) -> bool:
+    def _start_direct(self, inputs: list[np.ndarray], done, loop) -> bool:
         """`start` for a service of stored features only: the blobs are copied into the input
         matrix as they come (`codec.Direct`); a batch where some value is missing, null or
-        expired is decoded the general way, so both give the same bits and the same errors."""
+        expired is decoded the general way, so both give the same bits and the same errors.
+
+        The MGET goes out first; the read's time and the matrix are taken while Redis answers."""
         t0 = time.perf_counter_ns()
-        entities = {name: inputs[i].reshape(-1) for i, name in self._keys}
-        if len(entities) > 1:
-            request_rows(entities, None)  # the key columns agree on the rows
-        ids = [entity_ids(view_keys(view, keys, entities)) for view, keys in self._view_keys_of]
-        now_ns = time.time_ns()
 
         def got_blobs(blobs, error) -> None:
             if error is not None:
                 done(None, error)
                 return
             try:
-                result = self._fill(inputs, entities, blobs, now_ns, t0)
+                result = self._fill(inputs, entities, blobs, matrix, now_ns, t0)
             except BaseException as e:  # noqa: BLE001 - handed to the caller
                 done(None, e)
                 return
             done(result, None)
 
-        return self._read_blobs(ids, got_blobs)
-
-    def _fill(self, inputs, entities, blobs: list, now_ns: int, t0: int):
-        rows = len(blobs[0])
+        key = self._int_key
+        if key is not None and inputs[key].dtype == np.int64:
+            ints = inputs[key].reshape(-1).tolist()
+            if not ints or not self._reader.send_ints(loop, ints, got_blobs):
+                return False
+            entities = None  # made from the inputs only if the batch needs the general decode
+            rows = len(ints)
+        else:
+            entities = {name: inputs[i].reshape(-1) for i, name in self._keys}
+            rows = request_rows(entities, None)  # the key columns agree on the rows
+            ids = [entity_ids(view_keys(view, keys, entities)) for view, keys in self._view_keys_of]
+            if not rows or not self._reader.send(loop, ids, got_blobs):
+                return False
+        # the reply comes from the loop, never before this returns
+        now_ns = time.time_ns()
         matrix = np.empty((rows, len(self.names)), dtype=self.dtype)
+        return True
+
+    def _fill(self, inputs, entities, blobs: list, matrix: np.ndarray, now_ns: int, t0: int):
+        rows = len(blobs[0])
         for (direct, ttl), view_blobs in zip(self._direct, blobs):
             ev = direct.fill(matrix, view_blobs)
             if ev is None or (ttl > 0 and (is_expired_one(ev, now_ns, ttl) if rows == 1 else is_expired(ev, now_ns, ttl).any())):
                 got = self.server.from_blobs(self._plan, rows, blobs, now_ns)
+                if entities is None:
+                    entities = {name: inputs[i].reshape(-1) for i, name in self._keys}
                 return self._build(inputs, entities, {}, got, now_ns, t0)
         return [matrix if i < 0 else inputs[i] for i in self._model_order], None, 0, time.perf_counter_ns() - t0
 

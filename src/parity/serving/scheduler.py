@@ -226,7 +226,7 @@ class Scheduler:
             inputs, outputs, rows = self._prepare(batch)
             # the read sent at once on the loop's Redis connection, answered by a callback; else
             # (another store, no connection yet) a task awaits the store
-            if self.stage.start(inputs, lambda result, error: self._features_done(instance, batch, result, error, outputs, rows, t_start)):
+            if self.stage.start(inputs, lambda result, error: self._features_done(instance, batch, result, error, outputs, rows, t_start), self.loop):
                 return
             fut = asyncio.ensure_future(self.stage.fetch(inputs), loop=self.loop)
         except BaseException as e:
@@ -251,7 +251,6 @@ class Scheduler:
             self._fail_batch(batch, exc)
             return
         model_inputs, missing, defaulted, feature_ns = result
-        self.stats.record_features(feature_ns * 1e-9, missing.count() if missing is not None else 0, defaulted)
         in_ns = time.perf_counter_ns() - t_start  # stacking, the read and the assembly: the batch's input
         if instance.executor is None or rows <= self.inline_max_rows:
             t = time.perf_counter_ns()
@@ -267,6 +266,8 @@ class Scheduler:
             except BaseException as e:  # a runner failure fails its batch, never the loop
                 result = e
             self._complete(instance, batch, result)
+            # counted once the batch is answered: off the requests' path
+            self.stats.record_features(feature_ns * 1e-9, missing.count() if missing is not None else 0, defaulted)
             if self._drain_handle is None and self.free and len(self.batcher):
                 self._drain_handle = self.loop.call_soon(self._drain)
             return
@@ -277,6 +278,7 @@ class Scheduler:
         cf.add_done_callback(
             lambda c: loop.call_soon_threadsafe(self._complete_future, instance, batch, c, outputs, rows, t_start, in_ns, missing)
         )
+        self.stats.record_features(feature_ns * 1e-9, missing.count() if missing is not None else 0, defaulted)
 
     def _hand_to_thread(self, instance: Instance, batch: list[Pending]) -> None:
         """Stack on the loop, run in the instance's thread, split back on the loop: the thread

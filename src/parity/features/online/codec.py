@@ -412,11 +412,15 @@ class Direct:
     `fill` returns None (nothing is decided, the caller decodes the general way) unless every
     blob is there, of the current schema, with no null bit set; otherwise it fills the columns and
     returns the event times (an int for one row, else an int64 array) for the caller's TTL check.
-    The values are exactly those of `decode_columns` assigned into the matrix."""
+    The values are exactly those of `decode_columns` assigned into the matrix.
 
-    __slots__ = ("layout", "runs", "size")
+    `into`: the dtype of the matrices it will fill, where known.  When every run's stored dtype is
+    that dtype (float32 features into a float32 input, say), a one-row fill copies the runs' bytes
+    into a matrix of that dtype with no array made in between."""
 
-    def __init__(self, lay: Layout, features: list[int], columns: list[int]):
+    __slots__ = ("layout", "runs", "size", "into", "byte_runs")
+
+    def __init__(self, lay: Layout, features: list[int], columns: list[int], into=None):
         if lay.strings and any(lay.dtypes[i] == "string" for i in features):
             raise ValueError("string features cannot be copied into a numeric matrix")
         offsets = [lay.fixed.fields[f"f{i}"][1] for i in features]
@@ -433,6 +437,11 @@ class Direct:
         self.layout = lay
         self.runs = tuple((a, b, s, e, w, flag) for a, b, s, e, w, flag in runs)
         self.size = lay.fixed_size
+        self.into = None if into is None else np.dtype(into)
+        self.byte_runs = None  # (matrix byte start, end, blob byte start, end) per run
+        if self.into is not None and all(w == self.into and not flag for _, _, _, _, w, flag in runs):
+            n = self.into.itemsize
+            self.byte_runs = tuple((a * n, b * n, s, e) for a, b, s, e, _, _ in runs)
 
     def fill(self, matrix: np.ndarray, blobs: list):
         lay, size = self.layout, self.size
@@ -444,6 +453,11 @@ class Direct:
             nb = lay.bitmap_bytes
             if blob[21 : 21 + nb].count(0) != nb:
                 return None
+            if self.byte_runs is not None and matrix.dtype == self.into and matrix.flags.c_contiguous:
+                out = memoryview(matrix).cast("B")
+                for x, y, s, e in self.byte_runs:
+                    out[x:y] = blob[s:e]
+                return int.from_bytes(blob[1:9], "little", signed=True)
             for a, b, s, e, wire, flag in self.runs:
                 part = np.frombuffer(blob, dtype=wire, count=b - a, offset=s)
                 matrix[0, a:b] = part != 0 if flag else part

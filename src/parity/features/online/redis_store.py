@@ -219,6 +219,7 @@ class RedisOnlineStore(OnlineStore):
         import weakref
 
         self._aio = weakref.WeakKeyDictionary()  # event loop -> AsyncRedis
+        self._last_conn: tuple | None = None  # (loop, AsyncRedis): the last `_loop_connection` found
         self._idle: list = []  # standalone: connections kept between reads (see `_mget`)
         self._idle_fork = _FORKS[0]
 
@@ -344,42 +345,46 @@ class RedisOnlineStore(OnlineStore):
 
     def blob_reader(self, views: list):
         """For the request path of a model on stored features only (`serving.features`), which
-        decodes blobs itself: `send(ids per view, fn) -> bool` sends one MGET of those views'
-        keys (`entity_ids` per view, in order) on the event loop's connection; then
-        `fn(blob lists per view, None)` or `fn(None, error)` follows, from the reply's arrival.
-        False: this loop has no connection yet (`read_async` makes one).  None: this store reads
-        another way (cluster, TLS)."""
+        copies values out of the blobs itself: a `BlobReader` of these views (names, in order).
+        None: this store reads another way (cluster, TLS)."""
         if self._aio_args is None or _hiredis_pack is None:
             return None
-        names = [check_view_name(v) for v in views]
+        return BlobReader(self, [check_view_name(v) for v in views])
 
-        def send(ids_per_view: list, fn) -> bool:
-            conn = self._loop_connection()
-            return conn is not None and self._send_mget(conn, list(zip(names, ids_per_view)), fn)
-
-        return send
-
-    def _loop_connection(self):
-        """The running loop's `AsyncRedis`, or None (none made yet, or a store that reads another way)."""
+    def _loop_connection(self, loop=None):
+        """`loop`'s `AsyncRedis` (default: the running loop's), or None (none made yet, or a store
+        that reads another way).  The last one asked for is kept, so the request path's lookup
+        is one identity check (no weak-reference lookup, no getpid() of get_running_loop)."""
+        last = self._last_conn
+        if last is not None and last[0] is loop:
+            return last[1]
         if self._aio_args is None or _hiredis_pack is None:
             return None
-        import asyncio
+        if loop is None:
+            import asyncio
 
-        return self._aio.get(asyncio.get_running_loop())
+            loop = asyncio.get_running_loop()
+        conn = self._aio.get(loop)
+        if conn is not None:
+            self._last_conn = (loop, conn)
+        return conn
 
-    def _send_mget(self, conn, asked: list[tuple[str, list[str]]], fn) -> bool:
+    def _send_mget(self, conn, asked: list[tuple[str, list[str]]] | None, fn, packed: bytes | None = None) -> bool:
         """One MGET of [(view name, entity ids)] on `conn`: `fn(blob lists per view, None)` or
-        `fn(None, error)` follows; False when the connection is not live."""
+        `fn(None, error)` follows; False when the connection is not live.  `packed`: the command,
+        already packed (then `asked` None: one key per view)."""
 
         def reply(values, error) -> None:
             if error is not None:
                 fn(None, self._unavailable(error) if isinstance(error, Unavailable) else error)
             elif not isinstance(values, list):
                 fn(None, ParityError(f"the online store {self.url} refused a read: {values}"))
+            elif asked is None:
+                fn([[v] for v in values], None)
             else:
                 fn(_per_request(asked, values), None)
 
-        return conn.send_call(_mget_command(self.prefix, asked), reply)
+        return conn.send_call(_mget_command(self.prefix, asked) if packed is None else packed, reply)
 
     def _unavailable(self, e: Unavailable) -> Unavailable:
         return Unavailable(
@@ -404,6 +409,7 @@ class RedisOnlineStore(OnlineStore):
         if conn is None:
             host, port, db, password, username = self._aio_args
             conn = self._aio[loop] = AsyncRedis(host, port, db, password, username, timeout=self.timeout)
+            self._last_conn = None
         try:
             values = await conn.execute_packed(_mget_command(self.prefix, requests))
         except Unavailable as e:
@@ -416,6 +422,7 @@ class RedisOnlineStore(OnlineStore):
         import asyncio
 
         conn = self._aio.pop(asyncio.get_running_loop(), None)
+        self._last_conn = None
         if conn is not None:
             conn.close()
 
@@ -501,3 +508,43 @@ class RedisOnlineStore(OnlineStore):
             self._client.close()
         except RedisError:
             pass
+
+
+class BlobReader:
+    """The request path's MGET of some views' blobs (`RedisOnlineStore.blob_reader`), on an event
+    loop's connection, the reply handed to a callback from its arrival:
+
+    - `send(loop, ids per view, fn)`: the keys of `entity_ids` per view, in the views' order;
+    - `send_ints(loop, ints, fn)`: views keyed by one INT64 key, the same ids (Python ints) for
+      each: the command is formatted straight from the ints, a one-row read from one template.
+
+    Both return True when sent; then `fn(blob lists per view, None)` or `fn(None, error)` follows.
+    False: the loop has no connection yet (`read_async` makes one)."""
+
+    __slots__ = ("store", "names", "_head", "_parts")
+
+    def __init__(self, store: RedisOnlineStore, names: list[str]):
+        self.store, self.names = store, names
+        prefix = store.prefix
+        self._head = f"*{len(names) + 1}\r\n$4\r\nMGET\r\n"
+        # per view: (the key's length less the id's, the RESP text before the id, after it)
+        self._parts = [(len(prefix) + len(name) + 5, f"\r\n{prefix}:{{i", f"}}:{name}\r\n") for name in names]
+
+    def send(self, loop, ids_per_view: list, fn) -> bool:
+        conn = self.store._loop_connection(loop)
+        return conn is not None and self.store._send_mget(conn, list(zip(self.names, ids_per_view)), fn)
+
+    def send_ints(self, loop, ints: list, fn) -> bool:
+        conn = self.store._loop_connection(loop)
+        if conn is None:
+            return False
+        if len(ints) != 1:
+            ids = [f"i{v}" for v in ints]
+            return self.store._send_mget(conn, [(name, ids) for name in self.names], fn)
+        return self.store._send_mget(conn, None, fn, self.one_row(ints[0]))
+
+    def one_row(self, v: int) -> bytes:
+        """The MGET of one entity's key in every view (the bytes hiredis would pack)."""
+        s = str(v)
+        n = len(s)
+        return (self._head + "".join(f"${base + n}{before}{s}{after}" for base, before, after in self._parts)).encode("ascii")

@@ -109,9 +109,11 @@ class _Call:
 
 
 class AsyncRedis:
-    """One connection to one Redis server, used from one event loop."""
+    """One connection to one Redis server, used from one event loop: the one running when it is
+    made (kept: `asyncio.get_running_loop` costs a getpid() syscall per call on Python 3.11)."""
 
     def __init__(self, host: str, port: int, db: int = 0, password: str | None = None, username: str | None = None, *, timeout: float = 0.5):
+        self.loop = asyncio.get_running_loop()
         self.host, self.port, self.db = host, port, db
         self.username, self.password = username, password
         self.timeout = timeout
@@ -121,7 +123,7 @@ class AsyncRedis:
     async def _connect(self) -> _Protocol:
         if self._connecting is not None:
             return await asyncio.shield(self._connecting)
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self._connecting = loop.create_future()
         try:
             try:
@@ -154,7 +156,7 @@ class AsyncRedis:
             self._connecting = None
 
     def _send(self, protocol: _Protocol, packed: bytes, waiter=None):
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         if waiter is None:
             waiter = loop.create_future()
         protocol.waiting.append(waiter)
@@ -170,7 +172,7 @@ class AsyncRedis:
         protocol.timer = None
         if not protocol.deadlines:
             return
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         due = protocol.deadlines[0]
         if due <= loop.time():
             protocol.fail(Unavailable(f"Redis at {self.host}:{self.port} did not answer within {self.timeout:g}s (Timeout); retry"))
