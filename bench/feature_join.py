@@ -13,9 +13,15 @@ One server process serves two models built from the same ONNX file (bench/models
 
 The features (one view of 32 float32 features per user) are materialized into the Redis on
 127.0.0.1:6379 under a throwaway key prefix, removed at the end.  Alongside, the feature read
-alone is timed in-process (`FeatureServer.get_online_features` for one entity, the call the
-server makes per batch).  The issue's goal: feature-joined inference adds no more than the
-feature read itself, i.e. p50(joined) - p50(plain) <= p50(read).
+alone is timed in-process (`FeatureServer.get_online_features` for one entity, what a client
+would call to fetch the features itself).  The issue's goal: feature-joined inference adds no
+more than the feature read itself, i.e. p50(joined) - p50(plain) <= p50(read).
+
+Shared machines drift between perf_analyzer runs, so each concurrency level is measured in
+`--rounds` rounds (default 3), plain and joined back to back in alternating order (plain first,
+then joined first, ...), with the in-process read timed in each round at concurrency 1.  The
+table takes the median over rounds of each p50 and of each throughput; each round's own figures
+are printed under it and kept in the JSON.
 
 Prints a table and writes bench/results/feature-join-<timestamp>.json.
 """
@@ -166,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--entities", type=int, default=10_000, help="users with stored features")
     ap.add_argument("--concurrency", default="1,16", help="perf_analyzer concurrency levels, comma separated")
     ap.add_argument("--protocol", default="grpc", choices=("grpc", "http"))
-    ap.add_argument("--read-calls", type=int, default=3000, help="in-process feature reads timed")
+    ap.add_argument("--read-calls", type=int, default=3000, help="in-process feature reads timed per round")
+    ap.add_argument("--rounds", type=int, default=None, help="plain/joined pairs per concurrency level, in alternating order (default 3; 1 with --quick)")
     ap.add_argument("--quick", action="store_true", help="small counts: a smoke run, not a measurement")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="the Redis to use (a throwaway key prefix is added)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="directory for the JSON result")
@@ -175,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     measurement = Measurement(request_count=200 if args.quick else 2000, max_trials=4 if args.quick else 10)
     if args.quick:
         args.entities, args.read_calls = min(args.entities, 500), min(args.read_calls, 200)
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
 
     prefix = f"benchjoin_{uuid.uuid4().hex[:10]}"
     url = f"{args.redis}?prefix={prefix}&timeout=2"
@@ -188,13 +199,23 @@ def main(argv: list[str] | None = None) -> int:
         models = model_repository(work)
         ids = input_data(work, args.entities)
         proc, target = start_server(models, module, url, work)
+        pair = [("mlp32", "random"), ("mlp32_features", str(ids))]
+        reads = []
         for c in levels:
-            for model, data in (("mlp32", "random"), ("mlp32_features", str(ids))):
-                log(f"perf_analyzer {args.protocol} concurrency {c}: {model}")
-                r = run_perf(target, model, protocol=args.protocol, concurrency=c, measurement=measurement, input_data=data)
-                results["runs"].append(r.as_dict())
-        log(f"timing {args.read_calls} in-process feature reads of one entity")
-        results["feature_read"] = time_feature_read(module, url, args.entities, args.read_calls)
+            for n in range(args.rounds):
+                for model, data in pair if n % 2 == 0 else pair[::-1]:
+                    log(f"round {n + 1}/{args.rounds}: perf_analyzer {args.protocol} concurrency {c}: {model}")
+                    r = run_perf(target, model, protocol=args.protocol, concurrency=c, measurement=measurement, input_data=data)
+                    results["runs"].append(dict(r.as_dict(), round=n))
+                if c == levels[0]:
+                    log(f"round {n + 1}/{args.rounds}: timing {args.read_calls} in-process feature reads of one entity")
+                    reads.append(time_feature_read(module, url, args.entities, args.read_calls))
+        results["feature_read_rounds"] = reads
+        results["feature_read"] = {
+            "calls": sum(r["calls"] for r in reads),
+            "p50_us": statistics.median(r["p50_us"] for r in reads),
+            "p99_us": statistics.median(r["p99_us"] for r in reads),
+        }
         stats = target.get_json("/v2/models/mlp32_features/stats")["model_stats"][0]["inference_stats"]
         results["server_stats_joined"] = stats
     finally:
@@ -213,9 +234,19 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     read = results["feature_read"]
     summary = []
+    per_round = []
     for c in levels:
-        plain = next(r for r in results["runs"] if r["model"] == "mlp32" and r["concurrency"] == c)
-        joined = next(r for r in results["runs"] if r["model"] == "mlp32_features" and r["concurrency"] == c)
+
+        def median_of(model: str) -> dict:
+            runs = [r for r in results["runs"] if r["model"] == model and r["concurrency"] == c]
+            return {k: statistics.median(r[k] for r in runs) for k in ("p50_us", "p99_us", "throughput")}
+
+        plain, joined = median_of("mlp32"), median_of("mlp32_features")
+        for n in range(args.rounds):
+            p, j = (next(r for r in results["runs"] if r["model"] == m and r["concurrency"] == c and r["round"] == n) for m in ("mlp32", "mlp32_features"))
+            rr = reads[n]["p50_us"] if c == levels[0] else read["p50_us"]
+            per_round.append(f"  concurrency {c}, round {n + 1}: plain {p['p50_us']:.0f} us, joined {j['p50_us']:.0f} us, "
+                             f"added {j['p50_us'] - p['p50_us']:+.0f} us, read {rr:.0f} us: {(j['p50_us'] - p['p50_us']) / rr:.2f}")  # fmt: skip
         added = joined["p50_us"] - plain["p50_us"]
         entry = {
             "concurrency": c,
@@ -231,10 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     results["summary"] = summary
     print(f"\nFeature-joined MLP-32 ({WIDTH} features from Redis) vs plain-tensor MLP-32, perf_analyzer {args.protocol}, batch 1")
-    print(f"in-process feature read of one entity: p50 {read['p50_us']:.0f} us, p99 {read['p99_us']:.0f} us\n")
+    print(f"medians of {args.rounds} round(s); in-process feature read of one entity: p50 {read['p50_us']:.0f} us, p99 {read['p99_us']:.0f} us\n")
     print("| concurrency | plain p50 / p99 us | joined p50 / p99 us | added p50 us | added / read | plain infer/s | joined infer/s |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    print("\neach round:\n" + "\n".join(per_round))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"feature-join-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}.json"
