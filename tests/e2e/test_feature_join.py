@@ -56,39 +56,19 @@ def write_models(models: Path) -> list:
     cfg = mlp_config([WIDTH, 16, 1], max_batch_size=32)
     cfg["inputs"][0]["name"], cfg["outputs"][0]["name"] = "x", "score"
     write_config(models / "fraud", dict(cfg, features={"service": "fraud_detection", "input": "x"}))
-    write_identity_onnx(models / "risk" / "1" / "model.onnx", TensorProto.DOUBLE, ["batch", 2])
-    write_config(
-        models / "risk",
-        {
-            "max_batch_size": 16,
-            "inputs": [{"name": "IN", "datatype": "FP64", "shape": [2]}],
-            "outputs": [{"name": "OUT", "datatype": "FP64", "shape": [2]}],
-            "dynamic_batching": {},
-            "features": {"service": "merchant_risk"},
-        },
-    )
-    write_identity_onnx(models / "snapshot" / "1" / "model.onnx", TensorProto.DOUBLE, ["batch", 6])
-    write_config(
-        models / "snapshot",
-        {
-            "max_batch_size": 64,
-            "inputs": [{"name": "IN", "datatype": "FP64", "shape": [6]}],
-            "outputs": [{"name": "OUT", "datatype": "FP64", "shape": [6]}],
-            "dynamic_batching": {},
-            "features": {"service": "account_snapshot"},
-        },
-    )
-    write_identity_onnx(models / "spend" / "1" / "model.onnx", TensorProto.DOUBLE, ["batch", 2])
-    write_config(
-        models / "spend",
-        {
-            "max_batch_size": 64,
-            "inputs": [{"name": "IN", "datatype": "FP64", "shape": [2]}],
-            "outputs": [{"name": "OUT", "datatype": "FP64", "shape": [2]}],
-            "dynamic_batching": {},
-            "features": {"service": "user_spend"},
-        },
-    )
+    # Identity models: the answer is the assembled feature matrix
+    for name, service, width, max_batch in (("risk", "merchant_risk", 2, 16), ("snapshot", "account_snapshot", 6, 64), ("spend", "user_spend", 2, 64)):
+        write_identity_onnx(models / name / "1" / "model.onnx", TensorProto.DOUBLE, ["batch", width])
+        write_config(
+            models / name,
+            {
+                "max_batch_size": max_batch,
+                "inputs": [{"name": "IN", "datatype": "FP64", "shape": [width]}],
+                "outputs": [{"name": "OUT", "datatype": "FP64", "shape": [width]}],
+                "dynamic_batching": {},
+                "features": {"service": service},
+            },
+        )
     write_mlp_onnx(models / "plain" / "1" / "model.onnx", [4, 8, 1])
     write_config(models / "plain", mlp_config([4, 8, 1], max_batch_size=8))
     return weights
