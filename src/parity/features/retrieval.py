@@ -17,7 +17,7 @@ import numpy as np
 
 from parity.errors import InvalidInput
 from parity.features.definitions import DTYPES, FeatureRepository, FeatureService, FeatureView, OnDemandFeatureView, apply_transform
-from parity.features.online.base import OnlineStore, Status, build_result
+from parity.features.online.base import OnlineStore, Status, build_result, relay
 
 _STATUS_NAMES = {int(s): s.name for s in Status}
 
@@ -153,18 +153,7 @@ class FeatureServer:
         if not requests:
             return False
 
-        def reply(read, error) -> None:
-            if error is not None:
-                done(None, error)
-                return
-            try:
-                got = self._assemble(plan, rows, read, request_values)
-            except BaseException as e:  # noqa: BLE001 - handed to the caller
-                done(None, e)
-                return
-            done(got, None)
-
-        return start(requests, now_ns, reply)
+        return start(requests, now_ns, relay(done, lambda read: self._assemble(plan, rows, read, request_values)))
 
     def from_blobs(self, plan: _Plan, rows: int, blobs: list, now_ns: int) -> OnlineFeatures:
         """`get_online_features`'s answer from the blobs of one read of `plan.stored`, in order

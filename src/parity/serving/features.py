@@ -38,7 +38,7 @@ from parity.config import DATATYPES, ModelConfig, TensorSpec
 from parity.errors import ConfigError, NotFound
 from parity.features.definitions import FeatureService
 from parity.features.online import codec
-from parity.features.online.base import Status, entity_ids, is_expired, is_expired_one, ttl_us
+from parity.features.online.base import Status, entity_ids, is_expired, is_expired_one, relay, ttl_us
 from parity.features.retrieval import FeatureServer, request_rows, view_keys
 from parity.serving.datatypes import DTYPES
 
@@ -140,8 +140,8 @@ class FeatureStage:
                 self._runs.append((j, j + 1, [self.names[j]]))
         self._plan = plan
         self._view_keys_of = [(view.name, plan.keys[view.name]) for view in plan.stored]
-        self._reader = None  # the store's request-path blob reader, where the direct copy applies
-        self._direct = self._direct_plan(server, plan)
+        # the store's request-path blob reader and the per-view copies, where the direct copy applies
+        self._reader, self._direct = self._direct_plan(server, plan)
         # every stored view keyed by the same one INT64 key: its client input, sent as ints
         self._int_key: int | None = None
         shared = {tuple(plan.keys[v.name]) for v in plan.stored}
@@ -154,16 +154,16 @@ class FeatureStage:
             self.defaults = np.array([service.defaults[f"{v}:{f}"] for v, f in plan.refs], dtype=self.dtype)
 
     def _direct_plan(self, server, plan):
-        """Per stored view, (codec.Direct, TTL in us): the blobs' values copied straight into the
-        input matrix on the request path, where the service takes stored features only and the
-        store hands the request path its blobs (Redis; sets `_reader`).  None: the general
-        path always."""
+        """(the store's blob reader, per stored view (codec.Direct, TTL in us)): the blobs' values
+        copied straight into the input matrix on the request path, where the service takes stored
+        features only and the store hands the request path its blobs (Redis).  (None, None): the
+        general path always."""
         if plan.on_demand or plan.request_fields or not plan.stored:
-            return None
+            return None, None
         make_reader = getattr(server.store, "blob_reader", None)
         reader = make_reader(plan.stored) if make_reader is not None else None
         if reader is None:
-            return None
+            return None, None
         direct = []
         covered: list[int] = []
         for view in plan.stored:
@@ -172,9 +172,8 @@ class FeatureStage:
             direct.append((codec.Direct(codec.layout(view), features, columns, self.dtype), ttl_us(view)))
             covered += columns
         if sorted(covered) != list(range(len(self.names))):
-            return None
-        self._reader = reader
-        return tuple(direct)
+            return None, None
+        return reader, tuple(direct)
 
     def client_config(self, config: ModelConfig) -> ModelConfig:
         from dataclasses import replace
@@ -216,18 +215,7 @@ class FeatureStage:
         if self._direct is not None and self.log is None:
             return self._start_direct(inputs, done, loop)
         t0, entities, values, now_ns = self._request(inputs)
-
-        def got_it(got, error) -> None:
-            if error is not None:
-                done(None, error)
-                return
-            try:
-                result = self._build(inputs, entities, values, got, now_ns, t0)
-            except BaseException as e:  # noqa: BLE001 - handed to the caller
-                done(None, e)
-                return
-            done(result, None)
-
+        got_it = relay(done, lambda got: self._build(inputs, entities, values, got, now_ns, t0))
         return self._start_read(self.service, entities, values or None, now_ns, got_it)
 
     def _start_direct(self, inputs: list[np.ndarray], done, loop) -> bool:
@@ -237,18 +225,8 @@ class FeatureStage:
 
         The MGET goes out first; the read's time and the matrix are taken while Redis answers."""
         t0 = time.perf_counter_ns()
-
-        def got_blobs(blobs, error) -> None:
-            if error is not None:
-                done(None, error)
-                return
-            try:
-                result = self._fill(inputs, entities, blobs, matrix, now_ns, t0)
-            except BaseException as e:  # noqa: BLE001 - handed to the caller
-                done(None, e)
-                return
-            done(result, None)
-
+        # entities, matrix and now_ns are set below, before the reply can come (from the loop)
+        got_blobs = relay(done, lambda blobs: self._fill(inputs, entities, blobs, matrix, now_ns, t0))
         key = self._int_key
         if key is not None and inputs[key].dtype == np.int64:
             ints = inputs[key].reshape(-1).tolist()
@@ -262,7 +240,6 @@ class FeatureStage:
             ids = [entity_ids(view_keys(view, keys, entities)) for view, keys in self._view_keys_of]
             if not rows or not self._reader.send(loop, ids, got_blobs):
                 return False
-        # the reply comes from the loop, never before this returns
         now_ns = time.time_ns()
         matrix = np.empty((rows, len(self.names)), dtype=self.dtype)
         return True

@@ -75,6 +75,25 @@ def is_expired(event_ts: np.ndarray, now_ns: int, ttl: int) -> np.ndarray:
     return (ev // 1000) < np.int64(threshold)
 
 
+def relay(done, build):
+    """A reply callback for the request path's reads (`fn(reply, None)` or `fn(None, error)`):
+    hands `build(reply)` to `done` as `done(result, None)`, or the read's error, or what `build`
+    raised, as `done(None, error)`."""
+
+    def reply(got, error) -> None:
+        if error is None:
+            try:
+                result = build(got)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                error = e
+            else:
+                done(result, None)
+                return
+        done(None, error)
+
+    return reply
+
+
 def is_expired_one(event_ts: int, now_ns: int, ttl: int) -> bool:
     """`is_expired` for one event time (Python ints: exact at the int64 extremes without the
     clamps, since Python's // floors as numpy's does)."""

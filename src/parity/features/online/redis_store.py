@@ -48,7 +48,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
 from parity.errors import InvalidInput, ParityError, Unavailable
-from parity.features.online.base import OnlineStore, build_result, check_view_name, entity_ids
+from parity.features.online.base import OnlineStore, build_result, check_view_name, entity_ids, relay
 
 try:  # standalone reads pack their MGET with hiredis directly
     from hiredis import pack_command as _hiredis_pack
@@ -330,17 +330,7 @@ class RedisOnlineStore(OnlineStore):
         if not any(ids for _, ids in asked):
             return False
 
-        def decoded(blobs, error) -> None:
-            if error is not None:
-                done(None, error)
-                return
-            try:
-                results = [build_result(view, b, now_ns) for view, b in zip(views, blobs)]
-            except BaseException as e:  # noqa: BLE001 - handed to the caller
-                done(None, e)
-                return
-            done(results, None)
-
+        decoded = relay(done, lambda blobs: [build_result(view, b, now_ns) for view, b in zip(views, blobs)])
         return self._send_mget(conn, asked, decoded)
 
     def blob_reader(self, views: list):
